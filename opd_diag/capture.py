@@ -1,0 +1,225 @@
+"""Both models at every student-visited state, as one table, in bounded memory.
+
+For each rollout (prompt + student completion) we run one student and one teacher forward pass
+up to the final hidden states, then apply each LM head to a chunk of completion positions at a
+time. Per chunk we need the log-normaliser, the entropy, the top-k and a few gathers; all come
+from one exp pass and one top-k pass over ``[chunk, V]`` logits, so peak extra memory scales
+with ``chunk × V`` and never with ``T × V`` (a float32 ``[B, T, V]`` log-softmax of a 1,024-token
+Qwen rollout is 620 MB per model; a 64-row chunk is 39 MB).
+
+One states row per completion position t (the state is prompt + student tokens < t):
+
+=====================  =======================================================================
+token                  the student's sampled token ŷ_t
+logp_s, logp_t         log p(ŷ_t), log q(ŷ_t) (full vocabulary, at the rollout temperature)
+H_s, H_t               full-vocabulary entropies of p and q
+rkl, fkl               exact KL(p ‖ q) and KL(q ‖ p) over the full vocabulary
+topk_ids_s, topk_logp_s, logp_t_on_topk_s    student top-k, both models' log-probs on it
+topk_ids_t, topk_logp_t, logp_s_on_topk_t    teacher top-k, both models' log-probs on it
+=====================  =======================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from .divergences import log_normalizer_and_entropy
+from .errors import OpdDiagError
+
+_CHUNK_ELEMENTS = 1 << 23  # 8M floats = 32 MB per [chunk, V] float32 buffer
+
+
+@dataclass
+class CaptureConfig:
+    """How states are captured.
+
+    Attributes:
+        top_k: size of the top-k lists kept for both models (default 16, as the paper).
+        batch_size: rollouts per forward pass.
+        chunk_tokens: completion positions per LM-head chunk; None picks ``8M / V``.
+    """
+
+    top_k: int = 16
+    batch_size: int = 8
+    chunk_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_k, int) or self.top_k <= 0:
+            raise OpdDiagError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if self.batch_size <= 0:
+            raise OpdDiagError(f"capture batch_size must be positive, got {self.batch_size}")
+        if self.chunk_tokens is not None and self.chunk_tokens <= 0:
+            raise OpdDiagError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lm_head_logits(model, hidden_N_H: torch.Tensor) -> torch.Tensor:
+    """Apply a causal LM's output head (with Gemma-style soft-capping / Cohere logit scale)."""
+    logits = model.get_output_embeddings()(hidden_N_H)
+    cfg = model.config
+    scale = getattr(cfg, "logit_scale", None)
+    if isinstance(scale, (int, float)):
+        logits = logits * scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def final_hidden(model, input_ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
+    """Final (post-norm) hidden states of a right-padded batch, without computing logits."""
+    base = model.base_model if model.base_model is not model else None
+    if base is None:
+        raise OpdDiagError(
+            f"{type(model).__name__} has no separate decoder (base_model); cannot capture states"
+        )
+    positions = (mask_B_L.cumsum(-1) - 1).clamp(min=0)
+    out = base(input_ids=input_ids_B_L, attention_mask=mask_B_L, position_ids=positions,
+               use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _check_finite(lse: torch.Tensor, role: str, rows: np.ndarray) -> None:
+    if not torch.isfinite(lse).all():
+        bad = int(rows[int((~torch.isfinite(lse)).nonzero()[0, 0])])
+        raise OpdDiagError(
+            f"the {role} produced NaN/inf logits (rollout row {bad} of the batch); check the "
+            f"checkpoint and dtype (try --{role}-dtype float32)"
+        )
+
+
+@torch.no_grad()
+def score_states(
+    student,
+    teacher,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    top_k: int,
+    temperature: float = 1.0,
+    vocab: int,
+    pad_id: int,
+    chunk_tokens: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Score every completion position of a batch under both models.
+
+    Args:
+        student, teacher: HF causal LMs (any devices / dtypes; results are float32 on CPU).
+        prompt_ids, completion_ids: per rollout; completions must be non-empty.
+        top_k: top-k size for both models.
+        temperature: logits are divided by it (the rollout temperature; 0 is treated as 1).
+        vocab: ids ``[0, vocab)`` are compared (the shared tokenizer range).
+        pad_id: any id; padded positions are never read.
+        chunk_tokens: positions per head application; None picks ``8M / vocab``.
+
+    Returns:
+        Column arrays with one entry per completion position (rows in rollout order, then t):
+        ``row`` (index into the batch), ``t``, ``token`` and the columns of the module docstring.
+    """
+    if top_k > vocab:
+        raise OpdDiagError(f"top_k={top_k} exceeds the compared vocabulary ({vocab} tokens)")
+    temp = temperature if temperature > 0 else 1.0
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    ids, mask = _right_pad(seqs, pad_id)
+    # Position i predicts token i+1: completion token j of row b is predicted at P_b + j - 1.
+    rows, preds, tgt_t = [], [], []
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        rows.append(np.full(len(c), b))
+        preds.append(np.arange(len(p) - 1, len(p) + len(c) - 1))
+        tgt_t.append(np.arange(len(c)))
+    row_N, pred_N, t_N = (np.concatenate(x) for x in (rows, preds, tgt_t))
+    token_N = ids[torch.from_numpy(row_N), torch.from_numpy(pred_N + 1)]
+
+    hidden = {}
+    for role, model in (("student", student), ("teacher", teacher)):
+        dev = next(model.parameters()).device
+        h = final_hidden(model, ids.to(dev), mask.to(dev))
+        hidden[role] = h[torch.from_numpy(row_N).to(dev), torch.from_numpy(pred_N).to(dev)]
+        del h
+    N = len(row_N)
+    chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // vocab)
+    out = {name: np.empty(N, np.float32) for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")}
+    for name in ("topk_ids_s", "topk_ids_t"):
+        out[name] = np.empty((N, top_k), np.int32)
+    for name in ("topk_logp_s", "logp_t_on_topk_s", "topk_logp_t", "logp_s_on_topk_t"):
+        out[name] = np.empty((N, top_k), np.float32)
+
+    s_dev = next(student.parameters()).device
+    for lo in range(0, N, chunk):
+        hi = min(N, lo + chunk)
+        zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab].float().div_(temp)
+        zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab].float().div_(temp)
+        zt = zt.to(s_dev)
+        lse_s, h_s = log_normalizer_and_entropy(zs)
+        lse_t, h_t = log_normalizer_and_entropy(zt)
+        _check_finite(lse_s, "student", row_N[lo:hi])
+        _check_finite(lse_t, "teacher", row_N[lo:hi])
+        # KL(p‖q) = Σp·zs − lse_s − (Σp·zt − lse_t): one pass over p and one over q.
+        p = (zs - lse_s[:, None]).exp_()
+        rkl = (p * zs).sum(-1) - lse_s - (p * zt).sum(-1) + lse_t
+        del p
+        q = (zt - lse_t[:, None]).exp_()
+        fkl = (q * zt).sum(-1) - lse_t - (q * zs).sum(-1) + lse_s
+        del q
+        tok = token_N[lo:hi].to(s_dev)[:, None]
+        ks_val, ks_ids = zs.topk(top_k, dim=-1)
+        kt_val, kt_ids = zt.topk(top_k, dim=-1)
+        cols = {
+            "logp_s": zs.gather(1, tok)[:, 0] - lse_s,
+            "logp_t": zt.gather(1, tok)[:, 0] - lse_t,
+            "H_s": h_s, "H_t": h_t,
+            "rkl": rkl.clamp_(min=0), "fkl": fkl.clamp_(min=0),
+            "topk_ids_s": ks_ids, "topk_logp_s": ks_val - lse_s[:, None],
+            "logp_t_on_topk_s": zt.gather(1, ks_ids) - lse_t[:, None],
+            "topk_ids_t": kt_ids, "topk_logp_t": kt_val - lse_t[:, None],
+            "logp_s_on_topk_t": zs.gather(1, kt_ids) - lse_s[:, None],
+        }
+        for name, value in cols.items():
+            out[name][lo:hi] = value.cpu().numpy()
+        del zs, zt
+    out.update(row=row_N, t=t_N.astype(np.int32), token=token_N.numpy().astype(np.int32))
+    return out
+
+
+_LIST_COLUMNS = ("topk_ids_s", "topk_logp_s", "logp_t_on_topk_s",
+                 "topk_ids_t", "topk_logp_t", "logp_s_on_topk_t")
+
+
+def states_table(scored: dict[str, np.ndarray], rollout_ids: list[str], steps: list[int],
+                 n_tokens: list[int]) -> pa.Table:
+    """Arrow table of states rows: id columns, scalars, and top-k lists as fixed-size lists."""
+    row = scored["row"]
+    cols = {
+        "rollout_id": pa.array(np.asarray(rollout_ids, dtype=object)[row], pa.string()),
+        "step": pa.array(np.asarray(steps, dtype=np.int64)[row]),
+        "t": pa.array(scored["t"]),
+        "T": pa.array(np.asarray(n_tokens, dtype=np.int32)[row]),
+        "token": pa.array(scored["token"]),
+    }
+    for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl"):
+        cols[name] = pa.array(scored[name])
+    for name in _LIST_COLUMNS:
+        arr = scored[name]
+        cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+    return pa.table(cols)
+
+
+def states_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas()

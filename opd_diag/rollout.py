@@ -1,0 +1,184 @@
+"""Student rollouts: batched, left-padded, KV-cached sampling that is reproducible per row.
+
+Reproducibility: every (prompt, sample) row draws its randomness from its own generator, seeded
+from ``(seed, prompt_id, sample_idx)``. A row's completion therefore does not depend on which
+other rows share its batch (up to floating-point effects of batch shape), so a resumed or
+sharded run reproduces the rows of an uninterrupted one.
+
+Sampling draws one uniform number per row per step and inverts the CDF of the (temperature- and
+top-p-adjusted) distribution; temperature 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .errors import OpdDiagError
+
+
+@dataclass
+class SamplingConfig:
+    """How the student samples.
+
+    Attributes:
+        n_samples: completions per prompt.
+        temperature: softmax temperature; 0 means greedy. Capture scores at this temperature.
+        top_p: nucleus sampling mass (1 disables it).
+        max_new_tokens: completion budget; generation also stops at EOS.
+        batch_size: rows (prompt × sample) per generation batch.
+        seed: base seed; each row derives its own generator from it.
+        raw_prompt: feed the prompt text as is instead of through the chat template.
+    """
+
+    n_samples: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    seed: int = 0
+    raw_prompt: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_samples, int) or self.n_samples <= 0:
+            raise OpdDiagError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+        if self.temperature < 0:
+            raise OpdDiagError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise OpdDiagError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.max_new_tokens <= 0:
+            raise OpdDiagError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.batch_size <= 0:
+            raise OpdDiagError(f"batch_size must be positive, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def render_prompt(tokenizer, text: str, raw: bool = False) -> tuple[str, list[int], str]:
+    """Render one prompt the way the model expects it.
+
+    Returns ``(rendered_text, token_ids, how)`` where ``how`` is ``"chat_template"`` or ``"raw"``.
+    With a chat template the prompt becomes one user turn plus the generation prompt; raw
+    prompts get the tokenizer's usual special tokens (e.g. BOS).
+    """
+    if not raw and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return rendered, list(ids), "chat_template"
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return text, list(ids), "raw"
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the generation config (may be several) and the tokenizer."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def cache_kwarg(model) -> str:
+    """Name of the KV-cache argument: ``cache`` in transformers ≥ 5.2x, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def row_seed(seed: int, prompt_id: int, sample_idx: int) -> int:
+    """Seed of one (prompt, sample) row: independent of batching and sharding."""
+    return int(np.random.SeedSequence([seed, prompt_id, sample_idx]).generate_state(1)[0])
+
+
+def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature: float,
+                 top_p: float) -> torch.Tensor:
+    if temperature == 0:
+        return logits_B_V.argmax(-1)
+    probs = torch.softmax(logits_B_V.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        cdf = sorted_p.cumsum(-1)
+        idx = torch.searchsorted(cdf, (uniforms_B * cdf[:, -1]).unsqueeze(-1))
+        idx = idx.clamp(max=probs.shape[-1] - 1)
+        return order.gather(-1, idx).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (uniforms_B * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    prompt_ids: list[list[int]],
+    seeds: list[int],
+    cfg: SamplingConfig,
+    *,
+    eos_ids: list[int],
+    pad_id: int,
+    vocab_limit: int | None = None,
+) -> list[tuple[list[int], str]]:
+    """Sample one completion per row; returns ``(completion_ids, stop_reason)`` per row.
+
+    Prompts are left-padded with explicit ``position_ids = cumsum(mask) − 1`` so every row sees
+    the positions it would see alone. The completion keeps its EOS token; ``stop_reason`` is
+    ``"eos"`` or ``"length"``. Token ids at or above ``vocab_limit`` (padding rows of a wider
+    logit head) are never sampled.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+    input_ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for i, ids in enumerate(prompt_ids):
+        input_ids[i, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, P - len(ids):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    kv = {cache_kwarg(model): DynamicCache(config=model.config)}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1, **kv)
+    tokens = torch.empty((B, 0), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    next_pos = positions[:, -1:] + 1
+    for _ in range(cfg.max_new_tokens):
+        logits = out.logits[:, -1, :vocab_limit].float()
+        if not torch.isfinite(logits).all():
+            raise OpdDiagError("the student produced NaN/inf logits while sampling; check the "
+                               "checkpoint and dtype (try --student-dtype float32)")
+        u = torch.stack([torch.rand((), generator=g) for g in gens]).to(device)
+        nxt = _sample_next(logits, u, cfg.temperature, cfg.top_p)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= torch.isin(nxt, eos)
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
+                    use_cache=True, **kv)
+        next_pos = next_pos + 1
+    results = []
+    eos_set = set(eos_ids)
+    for row in tokens.tolist():
+        completion = []
+        for tok in row:
+            completion.append(tok)
+            if tok in eos_set:
+                break
+        reason = "eos" if completion and completion[-1] in eos_set else "length"
+        results.append((completion, reason))
+    return results

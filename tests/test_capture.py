@@ -1,0 +1,144 @@
+"""The capture engine against a brute-force full-vocabulary computation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from opd_diag import divergences as D
+from opd_diag.capture import CaptureConfig, score_states
+from opd_diag.models import load_pair
+from opd_diag.pipeline import run_capture
+from opd_diag.probes import run_probe
+from opd_diag.prompts import load_prompts
+from opd_diag.rollout import SamplingConfig
+from opd_diag.runs import load_run, read_table, stack_list_column
+
+
+def _brute_force(model, seqs, prompt_lens, vocab, temperature):
+    rows = []
+    for seq, P in zip(seqs, prompt_lens):
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0, :, :vocab].double() / temperature
+        logp = torch.log_softmax(logits, -1)
+        rows.append(logp[P - 1: len(seq) - 1])
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_matches_brute_force_with_chunking(big_vocab_pair, temperature):
+    pair = load_pair(*big_vocab_pair)
+    assert pair.compare_vocab == 50_000  # teacher head is 50,048 wide
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, 50_000, (n,), generator=g).tolist() for n in (3, 6, 4)]
+    comps = [torch.randint(4, 50_000, (n,), generator=g).tolist() for n in (9, 2, 5)]
+    k = 16
+    got = score_states(pair.student.model, pair.teacher.model, prompts, comps, top_k=k,
+                       temperature=temperature, vocab=pair.compare_vocab, pad_id=0, chunk_tokens=4)
+    seqs = [p + c for p, c in zip(prompts, comps)]
+    lens = [len(p) for p in prompts]
+    lp = _brute_force(pair.student.model, seqs, lens, 50_000, temperature)
+    lq = _brute_force(pair.teacher.model, seqs, lens, 50_000, temperature)
+    tokens = torch.tensor(np.concatenate(comps))
+    assert np.array_equal(got["token"], tokens.numpy())
+    atol = 1e-5
+    np.testing.assert_allclose(got["logp_s"], lp.gather(1, tokens[:, None])[:, 0], atol=atol)
+    np.testing.assert_allclose(got["logp_t"], lq.gather(1, tokens[:, None])[:, 0], atol=atol)
+    np.testing.assert_allclose(got["H_s"], D.entropy(lp), atol=atol)
+    np.testing.assert_allclose(got["H_t"], D.entropy(lq), atol=atol)
+    np.testing.assert_allclose(got["rkl"], D.reverse_kl(lp, lq), atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(got["fkl"], D.forward_kl(lp, lq), atol=atol, rtol=1e-5)
+    vs, ids_s = lp.topk(k, -1)
+    vt, ids_t = lq.topk(k, -1)
+    assert np.array_equal(got["topk_ids_s"], ids_s.numpy())
+    assert np.array_equal(got["topk_ids_t"], ids_t.numpy())
+    np.testing.assert_allclose(got["topk_logp_s"], vs, atol=atol)
+    np.testing.assert_allclose(got["topk_logp_t"], vt, atol=atol)
+    np.testing.assert_allclose(got["logp_t_on_topk_s"], lq.gather(1, ids_s), atol=atol)
+    np.testing.assert_allclose(got["logp_s_on_topk_t"], lp.gather(1, ids_t), atol=atol)
+
+
+def test_full_reverse_kl_equals_trl_generalized_jsd(tiny_pair):
+    trl = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    pair = load_pair(*tiny_pair)
+    prompt, comp = [1, 5, 6, 7], [8, 9, 10, 11, 2]
+    got = score_states(pair.student.model, pair.teacher.model, [prompt], [comp], top_k=4,
+                       vocab=64, pad_id=0)
+    ids = torch.tensor([prompt + comp])
+    with torch.no_grad():
+        s = pair.student.model(ids).logits[:, len(prompt) - 1: -1]
+        t = pair.teacher.model(ids).logits[:, len(prompt) - 1: -1]
+    ref = trl.GKDTrainer.generalized_jsd_loss(s, t, beta=1.0, reduction="sum")
+    assert float(got["rkl"].sum()) == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_identical_models_give_zero_divergence_and_full_overlap(same_pair, prompts_file, tmp_path):
+    pair = load_pair(*same_pair)
+    out = run_capture(pair, load_prompts(prompts_file), tmp_path / "run", progress=False,
+                      sampling=SamplingConfig(n_samples=2, max_new_tokens=12))
+    run = load_run(out)
+    s = run.states
+    assert len(s) > 0
+    np.testing.assert_allclose(s.rkl, 0, atol=1e-5)
+    np.testing.assert_allclose(s.fkl, 0, atol=1e-5)
+    np.testing.assert_allclose(s.logp_s, s.logp_t, atol=1e-6)
+    df = run_probe("overlap", run)
+    r = df[df.level == "run"].iloc[0]
+    assert r.overlap_ratio == pytest.approx(1.0)
+    assert r.overlap_mass_s == pytest.approx(r.topk_mass_s, abs=1e-6)
+    assert r.overlap_mass_t == pytest.approx(r.topk_mass_t, abs=1e-6)
+    assert r.eq7_advantage == pytest.approx(0.0, abs=1e-6)
+    assert r.sampled_rkl == pytest.approx(0.0, abs=1e-6)
+
+
+def test_same_seed_same_tables_and_resume(tiny_pair, prompts_file, tmp_path):
+    pair = load_pair(*tiny_pair)
+    prompts = load_prompts(prompts_file)
+    kw = dict(progress=False, sampling=SamplingConfig(n_samples=3, max_new_tokens=10, batch_size=4,
+                                                      seed=7), capture=CaptureConfig(top_k=8))
+    a = load_run(run_capture(pair, prompts, tmp_path / "a", **kw))
+    b_dir = run_capture(pair, prompts, tmp_path / "b", **kw)
+    b = load_run(b_dir)
+    pd.testing.assert_frame_equal(a.rollouts, b.rollouts)
+    pd.testing.assert_frame_equal(a.states, b.states)
+    # Simulate a kill after batch 1: its states shard is gone, the run is still "running".
+    shards = sorted((b_dir / "states.parquet").glob("part-*.parquet"))
+    assert len(shards) == 3
+    shards[-1].unlink()
+    (b_dir / "rollouts.parquet" / shards[-1].name).unlink()
+    meta = json.loads((b_dir / "run.json").read_text())
+    meta["status"] = "running"
+    (b_dir / "run.json").write_text(json.dumps(meta))
+    run_capture(pair, prompts, b_dir, resume=True, **kw)
+    c = load_run(b_dir)
+    pd.testing.assert_frame_equal(a.states, c.states)
+    pd.testing.assert_frame_equal(a.rollouts, c.rollouts)
+    assert c.meta["status"] == "complete"
+
+
+def test_different_seed_different_rollouts(tiny_pair, prompts_file, tmp_path):
+    pair = load_pair(*tiny_pair)
+    prompts = load_prompts(prompts_file)
+    runs = [load_run(run_capture(pair, prompts, tmp_path / f"r{s}", progress=False,
+                                 sampling=SamplingConfig(n_samples=2, max_new_tokens=10, seed=s)))
+            for s in (0, 1)]
+    assert list(runs[0].rollouts.completion) != list(runs[1].rollouts.completion)
+
+
+def test_run_json_records_provenance_and_vocab(big_vocab_pair, tmp_path):
+    pair = load_pair(*big_vocab_pair)
+    prompts = pd.DataFrame({"prompt_id": [0], "prompt": ["w1 w2 w3"], "answer": [None]})
+    run = load_run(run_capture(pair, prompts, tmp_path / "r", progress=False,
+                               sampling=SamplingConfig(n_samples=1, max_new_tokens=4)))
+    meta = run.meta
+    assert meta["schema_version"] == 1 and meta["status"] == "complete"
+    assert meta["models"]["compare_vocab"] == 50_000
+    assert meta["models"]["teacher"]["logit_width"] == 50_048
+    assert "50000" in meta["models"]["compare_note"].replace(",", "")
+    assert meta["versions"]["torch"] and meta["config"]["capture"]["top_k"] == 16
+    assert "sampling" in meta["seeds"]
+    ids = stack_list_column(run.states, "topk_ids_t")
+    assert ids.max() < 50_000
+    assert read_table(tmp_path / "r" / "prompts.parquet").render.iat[0] == "raw"

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import log_softmax as np_log_softmax
+from scipy.stats import entropy as scipy_entropy
+
+from opd_diag import divergences as D
+
+
+def _rand_logp(n, v, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, v, generator=g) * scale, dim=-1)
+
+
+def test_kl_and_entropy_match_scipy():
+    p, q = _rand_logp(5, 40, 0), _rand_logp(5, 40, 1)
+    for i in range(5):
+        pi, qi = p[i].exp().double().numpy(), q[i].exp().double().numpy()
+        assert D.reverse_kl(p, q)[i].item() == pytest.approx(scipy_entropy(pi, qi), abs=1e-5)
+        assert D.forward_kl(p, q)[i].item() == pytest.approx(scipy_entropy(qi, pi), abs=1e-5)
+        assert D.entropy(p)[i].item() == pytest.approx(scipy_entropy(pi), abs=1e-5)
+
+
+def test_one_pass_entropy_matches_log_softmax():
+    z = torch.randn(7, 300) * 5
+    lse, h = D.log_normalizer_and_entropy(z)
+    assert torch.allclose(lse, torch.logsumexp(z, -1), atol=1e-5)
+    assert torch.allclose(h, D.entropy(torch.log_softmax(z, -1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+def test_generalized_jsd_matches_trl(beta):
+    trl = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    s, t = torch.randn(2, 6, 50) * 2, torch.randn(2, 6, 50) * 2
+    ours = D.generalized_jsd(torch.log_softmax(s, -1), torch.log_softmax(t, -1), beta).sum()
+    ref = trl.GKDTrainer.generalized_jsd_loss(s, t, beta=beta, reduction="sum")
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-5)
+
+
+def test_identical_distributions_give_zero_everything():
+    p = _rand_logp(4, 30, 2)
+    assert torch.allclose(D.reverse_kl(p, p), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(D.generalized_jsd(p, p, 0.5), torch.zeros(4), atol=1e-6)
+    vals, ids = p.topk(8, dim=-1)
+    a_in_b, b_in_a = D.topk_membership(ids, ids)
+    assert a_in_b.all() and b_in_a.all()
+    assert torch.allclose(D.overlap_token_advantage(vals, vals, a_in_b), torch.zeros(4), atol=1e-6)
+    ms, mt = D.overlap_masses(vals, a_in_b, vals, b_in_a)
+    assert torch.allclose(ms, vals.exp().sum(-1)) and torch.allclose(mt, ms)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12), scale=st.floats(0.1, 8.0))
+def test_eq7_is_minus_kl_over_intersection_size(seed, k, scale):
+    rng = np.random.default_rng(seed)
+    v = 20
+    lp = np_log_softmax(rng.normal(size=v) * scale)
+    lq = np_log_softmax(rng.normal(size=v) * scale)
+    s_ids, t_ids = np.argsort(-lp)[:k], np.argsort(-lq)[:k]
+    inter = np.intersect1d(s_ids, t_ids)
+    mask = torch.from_numpy(np.isin(s_ids, t_ids))[None]
+    adv = D.overlap_token_advantage(torch.tensor(lp[s_ids])[None], torch.tensor(lq[s_ids])[None],
+                                    mask).item()
+    if len(inter) == 0:
+        assert np.isnan(adv)
+        return
+    p_bar = np.exp(lp[inter]) / np.exp(lp[inter]).sum()
+    q_bar = np.exp(lq[inter]) / np.exp(lq[inter]).sum()
+    expected = -scipy_entropy(p_bar, q_bar) / len(inter)
+    assert adv == pytest.approx(expected, abs=1e-6)
+    assert adv <= 1e-9
+
+
+def test_thunlp_form_differs_from_eq7_and_is_pooled():
+    p, q = _rand_logp(3, 30, 5), _rand_logp(3, 30, 6)
+    vals, ids = p.topk(8, dim=-1)
+    q_on = q.gather(1, ids)
+    _, t_ids = q.topk(8, dim=-1)
+    mask, _ = D.topk_membership(ids, t_ids)
+    s, n = D.thunlp_advantage_terms(vals, q_on, mask)
+    w = torch.softmax(vals, -1)
+    manual = torch.where(mask, w * (q_on - vals), torch.zeros_like(w)).sum(-1)
+    assert torch.allclose(s, manual) and torch.equal(n, mask.sum(-1))

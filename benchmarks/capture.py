@@ -7,9 +7,11 @@ Prints ratios measured side by side in one run (absolute times on a shared machi
   both models, then top-k, entropy and gathers);
 * ``memory ratio vs naive``: peak extra memory (beyond weights and inputs) of ours / naive.
 
-Each (shape, method) runs in a fresh subprocess; peak extra memory is the growth of the
-process's peak RSS (``ru_maxrss``) during the call, or ``torch.cuda.max_memory_allocated`` on
-GPU. Times are medians over ``--reps`` alternating repetitions.
+Times: one process, the three methods called in alternation ``--reps`` times, medians compared
+(so machine load drifts hit all three alike). Memory: each (shape, method) runs once in a fresh
+subprocess with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``) so freed buffers go
+back to the OS; peak extra memory is the growth of peak RSS (``ru_maxrss``) during the call, or
+``torch.cuda.max_memory_allocated`` growth on GPU.
 
     python benchmarks/capture.py                # both shapes
     python benchmarks/capture.py --shape zoo    # the tiny shape only
@@ -18,7 +20,7 @@ GPU. Times are medians over ``--reps`` alternating repetitions.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import resource
 import statistics
 import subprocess
@@ -76,62 +78,76 @@ def ours(student, teacher, ids, P, k):
                  vocab=student.config.vocab_size, pad_id=0)
 
 
-def worker(shape_name: str, method: str, device: str, threads: int, reps: int) -> dict:
+def _setup(shape_name: str, device: str, threads: int):
     torch.set_num_threads(threads)
     shape = SHAPES[shape_name]
     student, teacher = _models(shape, device)
     g = torch.Generator().manual_seed(0)
     L = shape["prompt"] + shape["T"]
     ids = torch.randint(0, shape["vocab"], (shape["batch"], L), generator=g).to(device)
-    fn = {"bare": bare, "naive": naive, "ours": ours}[method]
+    return shape, student, teacher, ids
+
+
+FNS = {"bare": bare, "naive": naive, "ours": ours}
+
+
+def memory_worker(shape_name: str, method: str, device: str, threads: int) -> int:
+    shape, student, teacher, ids = _setup(shape_name, device, threads)
+    fn = FNS[method]
     fn(student, teacher, ids[:, : shape["prompt"] + 8], shape["prompt"], 16)  # warm-up, small
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
         fn(student, teacher, ids, shape["prompt"], 16)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"times": times, "peak_extra_bytes": peak}
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    fn(student, teacher, ids, shape["prompt"], 16)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+
+
+def time_all(shape_name: str, device: str, threads: int, reps: int) -> dict[str, list[float]]:
+    shape, student, teacher, ids = _setup(shape_name, device, threads)
+    times = {m: [] for m in METHODS}
+    for m in METHODS:
+        FNS[m](student, teacher, ids[:, : shape["prompt"] + 8], shape["prompt"], 16)
+    for _ in range(reps):
+        for m in METHODS:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            FNS[m](student, teacher, ids, shape["prompt"], 16)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[m].append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per method")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of all methods")
+    ap.add_argument("--reps", type=int, default=3, help="alternating timed repetitions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--worker", nargs=2, metavar=("SHAPE", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.device, args.threads, args.reps)))
+        print(memory_worker(*args.worker, args.device, args.threads))
         return
     shapes = list(SHAPES) if args.shape == "all" else [args.shape]
     print(f"device={args.device} threads={args.threads} torch={torch.__version__}")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     for name in shapes:
-        times = {m: [] for m in METHODS}
-        peaks = {m: [] for m in METHODS}
-        for _ in range(args.rounds):
-            for method in METHODS:  # alternate methods so drift hits all of them
-                cmd = [sys.executable, __file__, "--worker", name, method, "--reps", str(args.reps),
-                       "--threads", str(args.threads), "--device", args.device]
-                res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                text=True).stdout.strip().splitlines()[-1])
-                times[method] += res["times"]
-                peaks[method].append(res["peak_extra_bytes"])
+        peak = {}
+        for method in METHODS:
+            cmd = [sys.executable, __file__, "--worker", name, method, "--threads",
+                   str(args.threads), "--device", args.device]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            peak[method] = max(1, int(out.stdout.strip().splitlines()[-1]))
+        times = time_all(name, args.device, args.threads, args.reps)
         med = {m: statistics.median(times[m]) for m in METHODS}
-        peak = {m: max(1, min(peaks[m])) for m in METHODS}
         print(f"\nshape {name}: {SHAPES[name]}")
         for m in METHODS:
             print(f"  {m:<6} median {med[m]:.3f} s   peak extra memory {peak[m] / 2**20:9.1f} MiB")

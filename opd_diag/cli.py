@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=16, help="top-k list size (default 16)")
     g.add_argument("--capture-batch-size", type=int, default=8, help="rollouts per forward pass")
     g.add_argument("--chunk-tokens", type=int, default=None,
-                   help="positions per LM-head chunk (default: 8M / vocab)")
+                   help="positions per LM-head chunk (default: 16M / vocab)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Create a tiny related student/teacher pair, capture, run the "
                        "overlap probe and print the summary.")
     p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -170,6 +173,9 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"capture": cmd_capture, "probe": cmd_probe, "ls": cmd_ls, "demo": cmd_demo}
+# Subsystems that bring their own subcommands: each module has ``register(subparsers)`` that adds
+# parsers with ``set_defaults(func=handler)``; handlers take the parsed args and return an exit code.
+SUBCOMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "func", None) or COMMANDS[args.command]
+        return handler(args)
     except OpdDiagError as exc:
         print(f"opd-diag {args.command}: error: {exc}", file=sys.stderr)
         return 2

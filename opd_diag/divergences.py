@@ -30,6 +30,35 @@ def log_normalizer_and_entropy(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, 
     return lse_N, lse_N - (p * z).sum(-1)
 
 
+def softmax_stats(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(probs, logsumexp)`` of float32 logits with a single exp pass.
+
+    The capture engine's hot path: everything else it needs (entropy, both KLs) is a dot
+    product of these probabilities with the logits, see :func:`entropy_and_kls`.
+    """
+    m = logits_N_V.amax(-1, keepdim=True)
+    p = torch.sub(logits_N_V, m).exp_()
+    total = p.sum(-1, keepdim=True)
+    p.div_(total)
+    return p, (m + total.log()).squeeze(-1)
+
+
+def entropy_and_kls(
+    p_N_V: torch.Tensor, lse_p_N: torch.Tensor, z_p_N_V: torch.Tensor,
+    q_N_V: torch.Tensor, lse_q_N: torch.Tensor, z_q_N_V: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(H(p), H(q), KL(p‖q), KL(q‖p))`` from probabilities, normalisers and logits.
+
+    With ``log p = z_p − lse_p``: ``H(p) = lse_p − ⟨p, z_p⟩`` and
+    ``KL(p‖q) = ⟨p, z_p⟩ − lse_p − ⟨p, z_q⟩ + lse_q`` — four dot products, no ``[N, V]``
+    temporaries.
+    """
+    pzp, pzq = torch.linalg.vecdot(p_N_V, z_p_N_V), torch.linalg.vecdot(p_N_V, z_q_N_V)
+    qzq, qzp = torch.linalg.vecdot(q_N_V, z_q_N_V), torch.linalg.vecdot(q_N_V, z_p_N_V)
+    h_p, h_q = lse_p_N - pzp, lse_q_N - qzq
+    return h_p, h_q, (pzp - lse_p_N - pzq + lse_q_N), (qzq - lse_q_N - qzp + lse_p_N)
+
+
 def entropy(logp_N_V: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of each row of log-probabilities."""
     p = logp_N_V.exp()

@@ -8,9 +8,11 @@ rows equal what the killed run would have written).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from .capture import CaptureConfig, score_states, states_table
@@ -18,6 +20,9 @@ from .errors import OpdDiagError
 from .models import Pair
 from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
 from .runs import RunWriter, open_run, read_table
+
+Verifier = Callable[[str, str], bool]
+"""``verifier(completion_text, answer) -> bool``: is this completion correct?"""
 
 
 def rollout_id(step: int, prompt_id: int, sample_idx: int) -> str:
@@ -47,8 +52,13 @@ def render_prompts(pair: Pair, prompts: pd.DataFrame, sampling: SamplingConfig) 
 
 
 def generate_rollouts(pair: Pair, prompts: pd.DataFrame, rows: list[tuple[int, int]],
-                      sampling: SamplingConfig, step: int = -1) -> pd.DataFrame:
-    """Sample the given (prompt_row, sample_idx) rows; returns a rollouts frame."""
+                      sampling: SamplingConfig, step: int = -1,
+                      verifier: Verifier | None = None) -> pd.DataFrame:
+    """Sample the given (prompt_row, sample_idx) rows; returns a rollouts frame.
+
+    ``correct`` is filled by ``verifier(completion_text, answer)`` where the prompt has an
+    answer, and left null otherwise.
+    """
     tok = pair.tokenizer
     pids = prompts.prompt_id.to_numpy()
     prompt_ids = [prompts.input_ids.iat[r] for r, _ in rows]
@@ -58,16 +68,20 @@ def generate_rollouts(pair: Pair, prompts: pd.DataFrame, rows: list[tuple[int, i
         eos_ids=eos_token_ids(pair.student.model, tok), pad_id=tok.pad_token_id,
         vocab_limit=pair.compare_vocab,
     )
+    texts = [tok.decode(c, skip_special_tokens=True) for c, _ in sampled]
+    answers = prompts.answer.tolist() if "answer" in prompts else [None] * len(prompts)
+    correct = [None if verifier is None or answers[r] is None else bool(verifier(text, answers[r]))
+               for (r, _), text in zip(rows, texts, strict=True)]
     return pd.DataFrame({
         "rollout_id": [rollout_id(step, int(pids[r]), s) for r, s in rows],
         "prompt_id": [int(pids[r]) for r, _ in rows],
         "step": step,
         "sample_idx": [s for _, s in rows],
-        "completion": [tok.decode(c, skip_special_tokens=True) for c, _ in sampled],
+        "completion": texts,
         "completion_ids": [c for c, _ in sampled],
         "n_tokens": [len(c) for c, _ in sampled],
         "stop_reason": [r for _, r in sampled],
-        "correct": pd.array([None] * len(rows), dtype="boolean"),
+        "correct": pd.array(correct, dtype="boolean"),
     })
 
 
@@ -98,6 +112,7 @@ def run_capture(
     overwrite: bool = False,
     progress: bool = True,
     extra_meta: dict | None = None,
+    verifier: Verifier | None = None,
 ) -> Path:
     """Sample student rollouts on ``prompts`` and capture both models at every visited state.
 
@@ -120,20 +135,20 @@ def run_capture(
         run.write_shard("prompts", "00000", prompts)
         bar = tqdm(batches, desc="capture", unit="batch", disable=not progress)
         for b, batch in enumerate(bar):
-            _capture_batch(run, f"{b:06d}", pair, prompts, batch, sampling, capture)
+            _capture_batch(run, f"{b:06d}", pair, prompts, batch, sampling, capture, verifier)
         run.update_meta(n_rollouts=len(rows))
     return Path(out)
 
 
 def _capture_batch(run: RunWriter, key: str, pair: Pair, prompts: pd.DataFrame,
                    batch: list[tuple[int, int]], sampling: SamplingConfig,
-                   capture: CaptureConfig) -> None:
+                   capture: CaptureConfig, verifier: Verifier | None = None) -> None:
     if run.has_shard("states", key):
         return
     if run.has_shard("rollouts", key):
         rollouts = read_table(run.shard_path("rollouts", key))
     else:
-        rollouts = generate_rollouts(pair, prompts, batch, sampling)
+        rollouts = generate_rollouts(pair, prompts, batch, sampling, verifier=verifier)
         run.write_shard("rollouts", key, rollouts)
     table = None
     for lo in range(0, len(rollouts), capture.batch_size):
@@ -145,7 +160,5 @@ def _capture_batch(run: RunWriter, key: str, pair: Pair, prompts: pd.DataFrame,
         run.write_shard("states", key, table)
 
 
-def _concat(a, b):
-    import pyarrow as pa
-
+def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
     return pa.concat_tables([a, b])

@@ -10,8 +10,9 @@ Prints ratios measured side by side in one run (absolute times on a shared machi
 Times: one process, the three methods called in alternation ``--reps`` times, medians compared
 (so machine load drifts hit all three alike). Memory: each (shape, method) runs once in a fresh
 subprocess with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``) so freed buffers go
-back to the OS; peak extra memory is the growth of peak RSS (``ru_maxrss``) during the call, or
-``torch.cuda.max_memory_allocated`` growth on GPU.
+back to the OS; peak extra memory is the kernel's peak RSS during the call (VmHWM, reset just
+before it through /proc/self/clear_refs) minus the RSS before it, or the growth of
+``torch.cuda.max_memory_allocated`` on GPU.
 
     python benchmarks/capture.py                # both shapes
     python benchmarks/capture.py --shape zoo    # the tiny shape only
@@ -102,9 +103,31 @@ def memory_worker(shape_name: str, method: str, device: str, threads: int) -> in
         fn(student, teacher, ids, shape["prompt"], 16)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _reset_peak_rss()
     fn(student, teacher, ids, shape["prompt"], 16)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return _status_kib("VmHWM") * 1024 - base
+
+
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS counter (VmHWM) and return the current RSS in bytes.
+
+    Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, so the peak
+    measured afterwards belongs to the call alone (ru_maxrss cannot be reset). Elsewhere fall
+    back to ru_maxrss, which only sees peaks above everything earlier in the process.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def time_all(shape_name: str, device: str, threads: int, reps: int) -> dict[str, list[float]]:

@@ -316,6 +316,18 @@ class Run:
     def probes(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "probes").glob("*.parquet"))
 
+    def table(self, name: str) -> pd.DataFrame:
+        """Any other table of the run (e.g. ``continuations``); empty when absent."""
+        return read_table(self.path / f"{name}.parquet")
+
+    def aux(self, name: str) -> Run:
+        """An auxiliary run stored inside this one (e.g. ``aux/teacher``: the teacher's own
+        rollouts on the same prompts, scored by both models)."""
+        return load_run(self.path / "aux" / name)
+
+    def has_aux(self, name: str) -> bool:
+        return (self.path / "aux" / name / "run.json").is_file()
+
 
 def load_run(path: str | Path) -> Run:
     """Open a run directory written by capture or by the OPD loop."""

@@ -64,4 +64,4 @@ def run_probe(name: str, run: Run, write: bool = True, **options) -> pd.DataFram
     return df
 
 
-from . import overlap  # noqa: E402,F401  (registers the built-in probes)
+from . import horizon, novelty, overlap, thinking, tokens  # noqa: E402,F401  (registers the built-ins)

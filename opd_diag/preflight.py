@@ -1,0 +1,235 @@
+"""Pre-flight: run the probes on a bounded budget and turn them into GO / CAUTION / NO-GO.
+
+Each *condition* of the paper (plus our reachability mechanism) is one row of the verdict
+table: the metric, its value, the thresholds, the status and — when it fails — the recovery
+the paper (or our experiments) recommend:
+
+=========================  ======================================  ===================================
+condition                  metric                                  recovery when it fails
+=========================  ======================================  ===================================
+thinking compatibility     thinking.compatibility_score            off-policy cold start: SFT on
+                                                                   filtered teacher rollouts
+template alignment         thinking.template_top1_agreement        render prompts the teacher's way
+reachability               reachability.unreachable_share          forward KL / cold start (reverse KL
+                                                                   cannot reach those tokens)
+teacher novelty            novelty.novelty_score                   a different teacher (post-trained
+                                                                   beyond the student's pipeline)
+horizon                    horizon.recommended_max_len             cap the response length
+=========================  ======================================  ===================================
+
+Thresholds live in :class:`Thresholds` with their provenance; ``run.json`` and the verdict
+table record the values used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import extra
+from .capture import CaptureConfig
+from .errors import OpdDiagError
+from .models import LoadedModel, Pair
+from .pipeline import Verifier, run_capture
+from .probes import run_probe
+from .rollout import SamplingConfig
+from .runs import Run, RunWriter, load_run, write_json
+
+VERDICTS = ("GO", "CAUTION", "NO-GO")
+EXIT_CODES = {"GO": 0, "CAUTION": 3, "NO-GO": 4}
+
+
+@dataclass
+class Thresholds:
+    """Decision thresholds (NO-GO below/above the first, CAUTION for the second)."""
+
+    compat_nogo: float = 0.5
+    compat_caution: float = 0.8
+    template_caution: float = 0.9
+    unreachable_nogo: float = 0.3
+    unreachable_caution: float = 0.1
+    novelty_nogo: float = 0.0
+    novelty_caution: float = 0.05
+    provenance: str = "defaults (not yet calibrated)"
+
+
+@dataclass
+class PreflightConfig:
+    """Budget of a pre-flight check.
+
+    Attributes:
+        n_prompts: prompts drawn (first n) from the prompt set.
+        n_samples: student (and teacher) samples per prompt.
+        max_new_tokens / temperature / top_k / seed: as in capture.
+        depths: prefix fractions for the continuation probe; n_continue samples each.
+        max_continuation_rollouts: student rollouts continued.
+    """
+
+    n_prompts: int = 32
+    n_samples: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 16
+    seed: int = 0
+    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    n_continue: int = 2
+    max_continuation_rollouts: int = 16
+    batch_size: int = 32
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if self.n_prompts <= 0 or self.n_samples <= 0:
+            raise OpdDiagError("preflight budget: n_prompts and n_samples must be positive")
+        if any(not 0 <= d < 1 for d in self.depths):
+            raise OpdDiagError(f"continuation depths must lie in [0, 1), got {self.depths}")
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    table: pd.DataFrame
+    run: Path
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def render(self) -> str:
+        lines = [f"VERDICT: {self.verdict}   (run: {self.run}, {self.seconds:.0f} s)"]
+        for _, r in self.table.iterrows():
+            val = "n/a" if pd.isna(r.value) else f"{r.value:.3f}"
+            lines.append(f"  [{r.status:<7}] {r.condition:<24} {r.metric} = {val}  ({r.rule})")
+            if r.status != "GO" and r.recovery:
+                lines.append(f"            -> {r.recovery}")
+        return "\n".join(lines)
+
+
+def _value(df: pd.DataFrame, **match) -> float:
+    sel = df
+    for k, v in match.items():
+        sel = sel[sel[k] == v]
+    return float(sel.value.iloc[0]) if len(sel) else np.nan
+
+
+def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | None,
+           horizon: pd.DataFrame, th: Thresholds, max_new_tokens: int) -> pd.DataFrame:
+    """The verdict table from probe tables (pure: no models)."""
+    rows = []
+
+    def add(condition, metric, value, status, rule, recovery):
+        rows.append(dict(condition=condition, metric=metric, value=value, status=status,
+                         rule=rule, recovery=recovery))
+
+    c = _value(thinking, component="compatibility_score")
+    add("thinking compatibility", "compatibility_score", c,
+        "NO-GO" if c < th.compat_nogo else "CAUTION" if c < th.compat_caution else "GO",
+        f"NO-GO < {th.compat_nogo}, CAUTION < {th.compat_caution}",
+        "off-policy cold start: SFT the student on filtered teacher rollouts "
+        "(`opd-diag coldstart`), then re-check")
+    t = _value(thinking, component="template_top1_agreement")
+    if not np.isnan(t):
+        add("template alignment", "template_top1_agreement", t,
+            "CAUTION" if t < th.template_caution else "GO", f"CAUTION < {th.template_caution}",
+            "render prompts with the teacher's own template / chat template "
+            "(`opd-diag select-prompts`)")
+    u = float(reach.unreachable_share.iloc[0])
+    add("reachability", "unreachable_share", u,
+        "NO-GO" if u > th.unreachable_nogo else "CAUTION" if u > th.unreachable_caution else "GO",
+        f"NO-GO > {th.unreachable_nogo}, CAUTION > {th.unreachable_caution} (share of "
+        "disagreements where the student gives the teacher's top-1 < 1e-3)",
+        "the teacher's corrections are outside the student's reach: reverse-KL/sampled-token "
+        "OPD cannot move them; use forward KL / JSD at the same states or a cold start")
+    if novelty is not None:
+        n = _value(novelty, metric="novelty_score")
+        add("teacher novelty", "novelty_score", n,
+            "NO-GO" if n <= th.novelty_nogo else "CAUTION" if n < th.novelty_caution else "GO",
+            f"NO-GO <= {th.novelty_nogo}, CAUTION < {th.novelty_caution}",
+            "no capability beyond the student at its own states: choose a teacher post-trained "
+            "beyond the student's pipeline (e.g. RL on the target domain)")
+    else:
+        add("teacher novelty", "novelty_score", np.nan, "CAUTION", "needs prompts with answers",
+            "give prompts with answers (and a verifier) to measure novelty")
+    h = _value(horizon, metric="recommended_max_len")
+    if not np.isnan(h):
+        add("horizon", "recommended_max_len", h,
+            "CAUTION" if h < max_new_tokens else "GO", f"CAUTION < max_new_tokens={max_new_tokens}",
+            f"the teacher's advantage stops at ~{h:.0f} tokens: cap the response length there")
+    return pd.DataFrame(rows)
+
+
+def overall(table: pd.DataFrame) -> str:
+    return max(table.status, key=VERDICTS.index) if len(table) else "CAUTION"
+
+
+def run_preflight(
+    pair: Pair,
+    prompts: pd.DataFrame,
+    out: str | Path,
+    *,
+    config: PreflightConfig | None = None,
+    verifier: Verifier | None = None,
+    references: dict[str, LoadedModel] | None = None,
+    teacher_prompts: list[str] | None = None,
+    raw_prompt: bool = False,
+    progress: bool = False,
+) -> Verdict:
+    """Capture, generate what the probes need, run them, decide. Writes a run directory."""
+    cfg = config or PreflightConfig()
+    t0 = time.perf_counter()
+    prompts = prompts.head(cfg.n_prompts).reset_index(drop=True)
+    if teacher_prompts is not None:
+        teacher_prompts = list(teacher_prompts)[: cfg.n_prompts]
+    sampling = SamplingConfig(n_samples=cfg.n_samples, temperature=cfg.temperature,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                              seed=cfg.seed, raw_prompt=raw_prompt)
+    capture = CaptureConfig(top_k=cfg.top_k)
+    out = Path(out)
+    run_capture(pair, prompts, out, sampling=sampling, capture=capture, overwrite=True,
+                progress=progress, verifier=verifier,
+                extra_meta={"kind_detail": "preflight", "preflight": _jsonable(asdict(cfg))})
+    run = load_run(out)
+    different_template = teacher_prompts is not None or (
+        not raw_prompt and getattr(pair.teacher.tokenizer, "chat_template", None)
+        != getattr(pair.student.tokenizer, "chat_template", None))
+    if different_template:
+        extra.template_check(pair, run, teacher_prompts, raw_prompt)
+    has_answers = verifier is not None and prompts["answer"].notna().any()
+    if has_answers:
+        t_prompts = prompts if teacher_prompts is None else prompts.assign(prompt=teacher_prompts)
+        extra.teacher_rollouts(pair, t_prompts, run, sampling, capture, verifier)
+        extra.continuations(pair, run, depths=cfg.depths, n_continue=cfg.n_continue,
+                            max_rollouts=cfg.max_continuation_rollouts, verifier=verifier,
+                            sampling=sampling, batch_size=cfg.batch_size)
+    if references:
+        extra.reference_scores(pair, run, references)
+    run = load_run(out)
+    tables = {name: run_probe(name, run) for name in ("overlap", "thinking", "reachability",
+                                                       "horizon", "token_level")}
+    novelty = run_probe("novelty", run) if has_answers or references else None
+    table = decide(tables["thinking"], tables["reachability"], novelty, tables["horizon"],
+                   cfg.thresholds, cfg.max_new_tokens)
+    verdict = overall(table)
+    seconds = time.perf_counter() - t0
+    RunWriter(run.path, run.meta).write_probe("verdict", table.assign(verdict=verdict))
+    write_json(out / "verdict.json", {"verdict": verdict, "exit_code": EXIT_CODES[verdict],
+                                      "seconds": seconds, "thresholds": asdict(cfg.thresholds),
+                                      "conditions": table.to_dict(orient="records")})
+    return Verdict(verdict, table, out, seconds)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def load_verdict(run: Run) -> pd.DataFrame:
+    """The verdict table of a pre-flight run."""
+    return run.probe("verdict")

@@ -1,0 +1,165 @@
+"""Probes on hand-built tables with known answers, and end to end on tiny models."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from opd_diag.errors import OpdDiagError
+from opd_diag.models import load_pair
+from opd_diag.preflight import PreflightConfig, Thresholds, decide, overall, run_preflight
+from opd_diag.probes import get_probe, run_probe
+from opd_diag.probes.horizon import auroc, back_to_front
+from opd_diag.probes.novelty import continuation_advantage, exclusive_solves
+from opd_diag.probes.tokens import reachability_frame
+from opd_diag.prompts import validate_prompts
+from opd_diag.runs import load_run
+
+
+def test_auroc_matches_brute_force():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=60), 1)  # ties on purpose
+    labels = rng.random(60) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    brute = np.mean([1.0 if p > n else 0.5 if p == n else 0.0
+                     for p, n in itertools.product(pos, neg)])
+    assert auroc(scores, labels) == pytest.approx(brute)
+    assert np.isnan(auroc(scores, np.ones(60, bool)))
+
+
+def test_continuation_advantage_known_answer():
+    rows = []
+    for rid in range(6):
+        for who in ("teacher", "student"):
+            for s in range(2):
+                rows.append(dict(rollout_id=str(rid), depth=0.0, prefix_len=0, continuer=who,
+                                 sample=s, correct=(who == "teacher")))
+                rows.append(dict(rollout_id=str(rid), depth=0.5, prefix_len=5, continuer=who,
+                                 sample=s, correct=True))
+    adv = continuation_advantage(pd.DataFrame(rows)).set_index("depth")
+    assert adv.loc[0.0, "advantage"] == 1.0 and adv.loc[0.0, "ci_low"] == 1.0
+    assert adv.loc[0.5, "advantage"] == 0.0 and adv.loc[0.5, "ci_high"] == 0.0
+
+
+def test_exclusive_solves_known_answer():
+    s = pd.DataFrame(dict(prompt_id=[0, 0, 1, 1, 2, 2], correct=[True, False, False, False,
+                                                                 False, False]))
+    t = pd.DataFrame(dict(prompt_id=[0, 1, 2], correct=[True, True, False]))
+    ex = exclusive_solves(s, t)
+    assert ex["teacher_exclusive_rate"] == pytest.approx(1 / 3)
+    assert ex["student_exclusive_rate"] == 0.0
+    assert ex["teacher_pass_at_n"] == pytest.approx(2 / 3)
+
+
+def _states(ids_s, lp_s, lq_on_s, ids_t, lq_t, lp_on_t, token):
+    n = len(token)
+    return pd.DataFrame(dict(
+        rollout_id=["r"] * n, step=-1, t=range(n), T=n, token=token,
+        topk_ids_s=list(np.array(ids_s)), topk_logp_s=list(np.log(lp_s)),
+        logp_t_on_topk_s=list(np.log(lq_on_s)), topk_ids_t=list(np.array(ids_t)),
+        topk_logp_t=list(np.log(lq_t)), logp_s_on_topk_t=list(np.log(lp_on_t)),
+        rkl=np.ones(n)))
+
+
+def test_reachability_known_answer():
+    # state 0: teacher's top-1 (id 9) has student prob 1e-5 and is outside the student's top-2
+    # state 1: teacher's top-1 (id 1) is the student's sampled token: no disagreement
+    st = _states(ids_s=[[1, 2], [1, 2]], lp_s=[[0.9, 0.09], [0.6, 0.3]],
+                 lq_on_s=[[0.05, 0.05], [0.7, 0.2]], ids_t=[[9, 1], [1, 2]],
+                 lq_t=[[0.9, 0.05], [0.7, 0.2]], lp_on_t=[[1e-5, 0.9], [0.6, 0.3]],
+                 token=[1, 1])
+    r = reachability_frame(st)
+    assert r.disagree.tolist() == [True, False]
+    assert r.unreachable.tolist() == [True, False]
+    assert not r.teacher_top1_in_student_topk.iloc[0]
+    assert r.corrective_mass.iloc[0] == pytest.approx(0.9 - 1e-5)
+    assert r.corrective_mass_outside_s.iloc[0] == pytest.approx(0.9 - 1e-5)
+
+
+def test_back_to_front_detector():
+    rows = []
+    for step in range(6):
+        for pos in range(5):
+            # late positions blow up first: onset step = 5 - pos
+            h = 1.0 if step < 5 - pos or pos == 0 else 3.0
+            rows.append(dict(step=step, position_bin=pos, H_s=h))
+    assert back_to_front(pd.DataFrame(rows))["detected"]
+    flipped = pd.DataFrame(rows).assign(position_bin=lambda d: 4 - d.position_bin)
+    assert not back_to_front(flipped)["detected"]
+
+
+def _answer_verifier(text, answer):
+    return answer in text.split()
+
+
+@pytest.fixture(scope="module")
+def identical_preflight(same_pair, tmp_path_factory):
+    pair = load_pair(*same_pair)
+    prompts = validate_prompts(pd.DataFrame({"prompt": [f"w{i} w{i + 1} w{i + 2}" for i in range(6)],
+                                             "answer": [f"w{i + 3}" for i in range(6)]}))
+    cfg = PreflightConfig(n_prompts=6, n_samples=2, max_new_tokens=10, depths=(0.0, 0.5),
+                          max_continuation_rollouts=6)
+    return run_preflight(pair, prompts, tmp_path_factory.mktemp("pf") / "run", config=cfg,
+                         verifier=_answer_verifier,
+                         references={"self": pair.student})
+
+
+def test_identical_models_compatible_and_not_novel(identical_preflight):
+    v = identical_preflight
+    run = load_run(v.run)
+    thinking = run.probe("thinking").set_index("component").value
+    assert thinking["compatibility_score"] == pytest.approx(1.0)
+    assert thinking["cross_likelihood_gap"] == pytest.approx(
+        -run.states.logp_t.mean() + run.aux("teacher").states.logp_s.mean())
+    nov = run.probe("novelty")
+    cont = nov[nov.section == "continuation"]
+    assert (cont[cont.metric == "advantage"].value == 0).all()  # same model, same seeds
+    assert nov[nov.metric == "novelty_score"].value.iloc[0] == 0.0
+    ref = nov[nov.section == "reference"].set_index("metric").value
+    assert ref["kl_teacher_ref"] == pytest.approx(0.0, abs=1e-5)
+    table = v.table.set_index("condition")
+    assert table.loc["thinking compatibility", "status"] == "GO"
+    assert table.loc["teacher novelty", "status"] == "NO-GO"
+    assert v.verdict == "NO-GO" and v.exit_code == 4
+    assert "different teacher" in v.render() or "post-trained" in v.render()
+
+
+def test_probe_tables_are_versioned(identical_preflight):
+    run = load_run(identical_preflight.run)
+    for name in ("overlap", "thinking", "reachability", "horizon", "token_level", "novelty"):
+        df = run.probe(name)
+        assert (df.probe == name).all() and (df.probe_version == get_probe(name).version).all()
+    tl = run.probe("token_level")
+    tip = tl[(tl.group == "tip") & tl.metric.str.endswith("_share") & ~tl.metric.str.contains("kl")]
+    assert tip.value.sum() == pytest.approx(1.0)
+
+
+def test_decide_rules():
+    thinking = pd.DataFrame(dict(component=["compatibility_score", "template_top1_agreement"],
+                                 value=[0.3, 0.5]))
+    reach = pd.DataFrame(dict(unreachable_share=[0.5]))
+    novelty = pd.DataFrame(dict(metric=["novelty_score"], value=[0.2]))
+    horizon = pd.DataFrame(dict(metric=["recommended_max_len"], value=[40.0]))
+    t = decide(thinking, reach, novelty, horizon, Thresholds(), max_new_tokens=100)
+    status = t.set_index("condition").status
+    assert status["thinking compatibility"] == "NO-GO"
+    assert status["template alignment"] == "CAUTION"
+    assert status["reachability"] == "NO-GO"
+    assert status["teacher novelty"] == "GO"
+    assert status["horizon"] == "CAUTION"
+    assert overall(t) == "NO-GO"
+
+
+def test_novelty_without_evidence_is_an_error(tiny_pair, tmp_path):
+    from opd_diag.pipeline import run_capture
+    from opd_diag.rollout import SamplingConfig
+
+    pair = load_pair(*tiny_pair)
+    prompts = validate_prompts(pd.DataFrame({"prompt": ["w1 w2"]}))
+    run = load_run(run_capture(pair, prompts, tmp_path / "r", progress=False,
+                               sampling=SamplingConfig(n_samples=1, max_new_tokens=4)))
+    with pytest.raises(OpdDiagError, match="no novelty evidence"):
+        run_probe("novelty", run)
+    with pytest.raises(OpdDiagError, match="depths"):
+        PreflightConfig(depths=(1.5,))

@@ -16,6 +16,8 @@ H_s, H_t               full-vocabulary entropies of p and q
 rkl, fkl               exact KL(p ‖ q) and KL(q ‖ p) over the full vocabulary
 topk_ids_s, topk_logp_s, logp_t_on_topk_s    student top-k, both models' log-probs on it
 topk_ids_t, topk_logp_t, logp_s_on_topk_t    teacher top-k, both models' log-probs on it
+rank_s_of_top1_t       rank of the teacher's top-1 token in the student's distribution (0 = the
+                       student's own argmax): how far the teacher's correction is from reach
 =====================  =======================================================================
 """
 
@@ -156,6 +158,7 @@ def score_states(
     N = len(row_N)
     chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // vocab)
     out = {name: np.empty(N, np.float32) for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")}
+    out["rank_s_of_top1_t"] = np.empty(N, np.int32)
     for name in ("topk_ids_s", "topk_ids_t"):
         out[name] = np.empty((N, top_k), np.int32)
     for name in ("topk_logp_s", "logp_t_on_topk_s", "topk_logp_t", "logp_s_on_topk_t"):
@@ -185,6 +188,7 @@ def score_states(
             "logp_t_on_topk_s": zt.gather(1, ks_ids) - lse_t[:, None],
             "topk_ids_t": kt_ids, "topk_logp_t": kt_val - lse_t[:, None],
             "logp_s_on_topk_t": zs.gather(1, kt_ids) - lse_s[:, None],
+            "rank_s_of_top1_t": (zs > zs.gather(1, kt_ids[:, :1])).sum(-1),
         }
         for name, value in cols.items():
             out[name][lo:hi] = value.cpu().numpy()
@@ -208,7 +212,7 @@ def states_table(scored: dict[str, np.ndarray], rollout_ids: list[str], steps: l
         "T": pa.array(np.asarray(n_tokens, dtype=np.int32)[row]),
         "token": pa.array(scored["token"]),
     }
-    for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl"):
+    for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl", "rank_s_of_top1_t"):
         cols[name] = pa.array(scored[name])
     for name in _LIST_COLUMNS:
         arr = scored[name]

@@ -56,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes prompts/rollouts/states tables into --out.",
     )
     _add_pair_args(p)
-    p.add_argument("--prompts", required=True,
+    p.add_argument("--prompts",
                    help="JSONL / JSON / parquet / CSV file with a 'prompt' column (optional 'answer')")
+    from .ingest_cli import add_from_args
+
+    add_from_args(p, required=False)  # `capture --from trl|verl|jsonl PATH` ingests a log instead
     p.add_argument("--out", required=True, help="run directory to create")
     _add_sampling_args(p)
     g = p.add_argument_group("capture")
@@ -87,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_capture(args) -> int:
+    if args.from_log is not None:
+        from .ingest_cli import cmd_ingest
+
+        return cmd_ingest(args)
+    if args.prompts is None:
+        raise OpdDiagError("capture needs --prompts FILE (or --from FORMAT PATH to ingest a log)")
     from .capture import CaptureConfig
     from .models import load_pair
     from .pipeline import run_capture
@@ -175,7 +184,7 @@ def cmd_demo(args) -> int:
 COMMANDS = {"capture": cmd_capture, "probe": cmd_probe, "ls": cmd_ls, "demo": cmd_demo}
 # Subsystems that bring their own subcommands: each module has ``register(subparsers)`` that adds
 # parsers with ``set_defaults(func=handler)``; handlers take the parsed args and return an exit code.
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = ["opd_diag.preflight_cli", "opd_diag.ingest_cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

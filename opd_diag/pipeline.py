@@ -15,11 +15,12 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from . import distributed
 from .capture import CaptureConfig, score_states, states_table
 from .errors import OpdDiagError
 from .models import Pair
 from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
-from .runs import RunWriter, open_run, read_table
+from .runs import RunWriter, read_table
 
 Verifier = Callable[[str, str], bool]
 """``verifier(completion_text, answer) -> bool``: is this completion correct?"""
@@ -131,13 +132,30 @@ def run_capture(
     meta.update({k: v for k, v in (extra_meta or {}).items() if k != "config"})
     rows = [(r, s) for r in range(len(prompts)) for s in range(sampling.n_samples)]
     batches = [rows[i: i + sampling.batch_size] for i in range(0, len(rows), sampling.batch_size)]
-    with open_run(out, "capture", config, resume=resume, overwrite=overwrite, extra=meta) as run:
-        run.write_shard("prompts", "00000", prompts)
-        bar = tqdm(batches, desc="capture", unit="batch", disable=not progress)
-        for b, batch in enumerate(bar):
-            _capture_batch(run, f"{b:06d}", pair, prompts, batch, sampling, capture, verifier)
+    # Under torchrun each rank takes every world_size-th *global* batch (see distributed.py), so
+    # the merged shards equal a single-process run; one process is the world_size == 1 case.
+    ctx = distributed.context()
+    if ctx.active:
+        distributed.check_same_config(ctx, _rank_fingerprint(config, meta, prompts), "capture config")
+    with distributed.open_run_ranks(ctx, out, "capture", config, resume=resume,
+                                    overwrite=overwrite, extra=meta) as run:
+        if ctx.is_main:
+            run.write_shard("prompts", "00000", prompts)
+        mine = distributed.shard(ctx, len(batches))
+        bar = tqdm(mine, desc="capture", unit="batch", disable=not progress or not ctx.is_main)
+        for b in bar:
+            _capture_batch(run, f"{b:06d}", pair, prompts, batches[b], sampling, capture, verifier)
         run.update_meta(n_rollouts=len(rows))
     return Path(out)
+
+
+def _rank_fingerprint(config: dict, meta: dict, prompts: pd.DataFrame) -> dict:
+    """What must be equal on every rank: config, model files and the rendered prompts."""
+    models = {role: {k: v for k, v in m.items() if k != "device"}
+              for role, m in meta["models"].items() if isinstance(m, dict)}
+    return {"config": config, "models": models,
+            "prompts": [(int(p), list(map(int, ids)))
+                        for p, ids in zip(prompts.prompt_id, prompts.input_ids, strict=True)]}
 
 
 def _capture_batch(run: RunWriter, key: str, pair: Pair, prompts: pd.DataFrame,
@@ -145,8 +163,9 @@ def _capture_batch(run: RunWriter, key: str, pair: Pair, prompts: pd.DataFrame,
                    capture: CaptureConfig, verifier: Verifier | None = None) -> None:
     if run.has_shard("states", key):
         return
-    if run.has_shard("rollouts", key):
-        rollouts = read_table(run.shard_path("rollouts", key))
+    done = run.existing_shard("rollouts", key)
+    if done is not None:
+        rollouts = read_table(done)
     else:
         rollouts = generate_rollouts(pair, prompts, batch, sampling, verifier=verifier)
         run.write_shard("rollouts", key, rollouts)

@@ -10,6 +10,10 @@ runs/<run_id>/
   metrics.jsonl
 ```
 
+Under ``torchrun`` each rank writes its own shards, ``part-<key>-r<rank>.parquet``, with keys
+that index units of work globally; :func:`read_table` sorts shards by key, so the merged table has
+the row order of a single-process run. Only rank 0 writes ``run.json``.
+
 Every write is atomic (temp file + ``os.replace``) and every shard has a deterministic name, so a
 killed writer leaves either the old file or the new one, and re-running the same unit of work
 replaces its shard instead of duplicating rows. :func:`load_run` is the only reader.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -38,6 +43,7 @@ from .errors import OpdDiagError
 
 SCHEMA_VERSION = 1
 TABLES = ("prompts", "rollouts", "states")
+_SHARD_RE = re.compile(r"part-(?P<key>.+?)(?:-r(?P<rank>\d+))?\.parquet")
 _PACKAGES = ("opd-diag", "torch", "transformers", "tokenizers", "pandas", "pyarrow", "numpy", "trl")
 
 
@@ -159,12 +165,20 @@ class RunWriter:
 
     path: Path
     meta: dict = field(default_factory=dict)
+    rank: int | None = None  # set under torch.distributed: shards get a -r<rank> suffix
 
     def shard_path(self, table: str, key: str) -> Path:
-        return self.path / f"{table}.parquet" / f"part-{key}.parquet"
+        suffix = "" if self.rank is None else f"-r{self.rank}"
+        return self.path / f"{table}.parquet" / f"part-{key}{suffix}.parquet"
+
+    def existing_shard(self, table: str, key: str) -> Path | None:
+        """The shard of ``key`` written by any rank (a resumed run may have another world size)."""
+        folder = self.path / f"{table}.parquet"
+        found = [folder / f"part-{key}.parquet", *sorted(folder.glob(f"part-{key}-r*.parquet"))]
+        return next((p for p in found if p.exists() and _shard_key(p)[0] == key), None)
 
     def has_shard(self, table: str, key: str) -> bool:
-        return self.shard_path(table, key).exists()
+        return self.existing_shard(table, key) is not None
 
     def write_shard(self, table: str, key: str, df: pd.DataFrame | pa.Table) -> None:
         write_parquet(self.shard_path(table, key), df)
@@ -178,9 +192,11 @@ class RunWriter:
         append_jsonl(self.path / "metrics.jsonl", row)
 
     def update_meta(self, **fields) -> None:
+        """Update run.json; under torch.distributed only rank 0 writes it (others keep a copy)."""
         self.meta.update(fields)
         self.meta["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(self.path / "run.json", self.meta)
+        if not self.rank:
+            write_json(self.path / "run.json", self.meta)
 
 
 def _comparable(config: dict) -> str:
@@ -265,12 +281,24 @@ def open_run(path: str | Path, kind: str, config: dict, *, resume: bool = False,
 # ---------------------------------------------------------------------------------------------
 
 
+def _shard_key(path: Path) -> tuple[str, int]:
+    """Sort key of a shard file: ``part-<key>[-r<rank>].parquet`` -> ``(key, rank)``.
+
+    Keys are fixed-width unit-of-work indices that are global across ranks, so sorting by key
+    merges per-rank shards into exactly the row order of a single-process run.
+    """
+    m = _SHARD_RE.fullmatch(path.name)
+    if m is None:
+        return (path.name, -1)
+    return (m["key"], int(m["rank"]) if m["rank"] is not None else -1)
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a table written as a file or as a directory of ``part-*.parquet`` shards."""
     path = Path(path)
     if path.is_file():
         return pq.read_table(path).to_pandas()
-    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else []
+    parts = sorted(path.glob("part-*.parquet"), key=_shard_key) if path.is_dir() else []
     if not parts:
         return pd.DataFrame()
     return pa.concat_tables(

@@ -58,6 +58,8 @@ def test_matches_brute_force_with_chunking(big_vocab_pair, temperature):
     np.testing.assert_allclose(got["topk_logp_t"], vt, atol=atol)
     np.testing.assert_allclose(got["logp_t_on_topk_s"], lq.gather(1, ids_s), atol=atol)
     np.testing.assert_allclose(got["logp_s_on_topk_t"], lp.gather(1, ids_t), atol=atol)
+    rank = (lp > lp.gather(1, ids_t[:, :1])).sum(-1)
+    assert np.array_equal(got["rank_s_of_top1_t"], rank.numpy())
 
 
 def test_full_reverse_kl_equals_trl_generalized_jsd(tiny_pair):

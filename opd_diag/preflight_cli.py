@@ -1,0 +1,107 @@
+"""``opd-diag preflight``: the verdict before spending GPU-days (thin layer over preflight.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import OpdDiagError
+
+BUDGETS = {
+    # name: n_prompts, n_samples, max_continuation_rollouts, n_continue
+    "small": (16, 2, 8, 2),
+    "default": (32, 4, 16, 2),
+    "large": (128, 8, 64, 4),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "preflight", help="run the probes on a budget and print GO / CAUTION / NO-GO",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Capture the student's rollouts, generate what the probes need (teacher "
+        "rollouts, teacher/student continuations from student prefixes, reference scores, the "
+        "template check), run every probe and decide.\n\nExit code: 0 GO, 3 CAUTION, 4 NO-GO "
+        "(2 for bad input), so it can gate a training script.",
+    )
+    src = p.add_argument_group("what to check (a zoo pair, or your own models)")
+    src.add_argument("--pair", help="a zoo pair name (see `opd-diag zoo list`)")
+    src.add_argument("--student", help="student model directory")
+    src.add_argument("--teacher", help="teacher model directory")
+    src.add_argument("--prompts", help="prompt file ('prompt', optional 'answer', optional "
+                     "'teacher_prompt': the prompt as the teacher expects it)")
+    src.add_argument("--reference", action="append", default=[], metavar="DIR",
+                     help="reference model (e.g. the student's base, a same-pipeline model); "
+                     "repeatable")
+    src.add_argument("--checker", default=None,
+                     help="answer checker: auto | boxed | hash | answer | regex:PAT | task:NAME | "
+                     "module:function (default auto; zoo pairs use their task)")
+    src.add_argument("--teacher-template", default=None,
+                     help="how the teacher expects prompts, a format string with {prompt} "
+                     "(default: the teacher's chat template when it differs from the student's)")
+    b = p.add_argument_group("budget")
+    b.add_argument("--budget", choices=list(BUDGETS), default="default",
+                   help="small: 16 prompts x 2; default: 32 x 4; large: 128 x 8")
+    b.add_argument("--n-prompts", type=int, help="override the budget's prompt count")
+    b.add_argument("--n-samples", type=int, help="override the budget's samples per prompt")
+    b.add_argument("--max-new-tokens", type=int, default=None, help="completion budget")
+    b.add_argument("--top-k", type=int, default=16)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="cpu", help="device for all models (cpu | cuda | auto)")
+    b.add_argument("--dtype", default="float32", help="dtype for all models")
+    p.add_argument("--raw-prompt", action="store_true", help="ignore chat templates")
+    p.add_argument("--out", required=True, help="run directory to write (replaced)")
+    p.set_defaults(func=cmd_preflight)
+
+
+def _pair_inputs(args):
+    from .zoo import get_pair, get_spec, model_dir
+
+    zp = get_pair(args.pair)
+    n = args.n_prompts or BUDGETS[args.budget][0]
+    prompts = zp.prompts(n)
+    own = get_spec(zp.teacher).templates
+    teacher_prompts = None if zp.template in own else list(zp.prompts(n, template=own[0]).prompt)
+    refs = [str(model_dir(r)) for r in zp.references] + list(args.reference)
+    return (model_dir(zp.student), model_dir(zp.teacher), prompts, teacher_prompts, refs,
+            args.checker or f"task:{zp.task}", args.max_new_tokens or zp.hyper.max_new_tokens)
+
+
+def cmd_preflight(args) -> int:
+    from .models import load_model, load_pair
+    from .preflight import PreflightConfig, run_preflight
+    from .prompts import load_prompts, validate_prompts
+    from .verify import make_verifier
+
+    if args.pair:
+        if args.student or args.teacher or args.prompts:
+            raise OpdDiagError("give either --pair or --student/--teacher/--prompts, not both")
+        student, teacher, prompts, teacher_prompts, refs, checker, max_new = _pair_inputs(args)
+        prompts = validate_prompts(prompts, f"zoo pair {args.pair}")
+    else:
+        missing = [f"--{n}" for n in ("student", "teacher", "prompts") if not getattr(args, n)]
+        if missing:
+            raise OpdDiagError(f"preflight needs --pair or all of {missing}")
+        student, teacher, refs = args.student, args.teacher, list(args.reference)
+        raw = load_prompts(args.prompts)
+        prompts = raw
+        teacher_prompts = None
+        if args.teacher_template:
+            if "{prompt}" not in args.teacher_template:
+                raise OpdDiagError("--teacher-template must contain '{prompt}'")
+            teacher_prompts = [args.teacher_template.format(prompt=p) for p in prompts.prompt]
+        checker, max_new = args.checker or "auto", args.max_new_tokens or 256
+    n_prompts, n_samples, max_cont, n_cont = BUDGETS[args.budget]
+    cfg = PreflightConfig(n_prompts=args.n_prompts or n_prompts,
+                          n_samples=args.n_samples or n_samples, max_new_tokens=max_new,
+                          top_k=args.top_k, seed=args.seed, max_continuation_rollouts=max_cont,
+                          n_continue=n_cont)
+    pair = load_pair(student, teacher, student_dtype=args.dtype, teacher_dtype=args.dtype,
+                     student_device=args.device, teacher_device=args.device)
+    references = {str(r): load_model(r, role="reference", dtype=args.dtype, device=args.device)
+                  for r in refs}
+    verdict = run_preflight(pair, prompts, args.out, config=cfg,
+                            verifier=make_verifier(checker).check, references=references,
+                            teacher_prompts=teacher_prompts, raw_prompt=args.raw_prompt,
+                            progress=not args.quiet)
+    print(verdict.render())
+    return verdict.exit_code

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from opd_diag.cli import main
+
+
+@pytest.fixture()
+def answered_prompts(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "answer": f"w{i + 2}"}) + "\n"
+                         for i in range(4)))
+    return p
+
+
+def test_preflight_cli_writes_verdict_and_exit_code(tiny_pair, answered_prompts, tmp_path, capsys):
+    s, t = tiny_pair
+    out = tmp_path / "pf"
+    code = main(["--quiet", "preflight", "--student", str(s), "--teacher", str(t), "--prompts",
+                 str(answered_prompts), "--budget", "small", "--max-new-tokens", "8",
+                 "--checker", r"regex:(w\d+)$", "--reference", str(s), "--out", str(out)])
+    text = capsys.readouterr().out
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert code == verdict["exit_code"] and code in (0, 3, 4)
+    assert f"VERDICT: {verdict['verdict']}" in text
+    conditions = {c["condition"] for c in verdict["conditions"]}
+    assert {"thinking compatibility", "reachability", "teacher novelty"} <= conditions
+    assert verdict["thresholds"]["provenance"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--pair", "success", "--student", "x"], "either --pair or"),
+    (["--student", "x"], "needs --pair or all of"),
+])
+def test_preflight_cli_bad_args(argv, needle, tmp_path, capsys):
+    assert main(["preflight", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_preflight_cli_bad_template_and_checker(tiny_pair, answered_prompts, tmp_path, capsys):
+    s, t = tiny_pair
+    base = ["preflight", "--student", str(s), "--teacher", str(t), "--prompts",
+            str(answered_prompts), "--out", str(tmp_path / "o")]
+    assert main([*base, "--teacher-template", "no placeholder"]) == 2
+    assert "{prompt}" in capsys.readouterr().err
+    assert main([*base, "--checker", "regex:("]) == 2
+    assert "invalid regular expression" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -34,16 +34,17 @@ from .rollout import SamplingConfig, eos_token_ids, render_prompt, sample_batch
 from .runs import Run, RunWriter
 
 
-def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, run: Run, sampling: SamplingConfig,
+def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, run_dir: Path, sampling: SamplingConfig,
                      capture: CaptureConfig, verifier: Verifier | None = None,
-                     progress: bool = False) -> Run:
-    """Capture the teacher's own rollouts (scored by both models) into ``aux/teacher``."""
+                     progress: bool = False) -> None:
+    """Capture the teacher's own rollouts (scored by both models) into ``run_dir/aux/teacher``.
+
+    Under torchrun every rank must call this (it is a data-parallel capture)."""
     swapped = Pair(student=pair.teacher, teacher=pair.student)
-    out = run.path / "aux" / "teacher"
+    out = Path(run_dir) / "aux" / "teacher"
     run_capture(swapped, prompts, out, sampling=sampling, capture=capture, overwrite=True,
                 progress=progress, verifier=verifier, extra_meta={"role_note": (
                     "roles swapped: _s columns are the teacher (the sampler), _t the student")})
-    return run.aux("teacher")
 
 
 def _seed(*parts: int) -> int:

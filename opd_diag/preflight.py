@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import extra
+from . import distributed, extra
 from .capture import CaptureConfig
 from .errors import OpdDiagError
 from .models import LoadedModel, Pair
@@ -192,16 +192,23 @@ def run_preflight(
     run_capture(pair, prompts, out, sampling=sampling, capture=capture, overwrite=True,
                 progress=progress, verifier=verifier,
                 extra_meta={"kind_detail": "preflight", "preflight": _jsonable(asdict(cfg))})
+    has_answers = verifier is not None and prompts["answer"].notna().any()
+    if has_answers:  # a capture with the roles swapped: data-parallel like the first one
+        t_prompts = prompts if teacher_prompts is None else prompts.assign(prompt=teacher_prompts)
+        extra.teacher_rollouts(pair, t_prompts, out, sampling, capture, verifier)
+    ctx = distributed.context()
+    if not ctx.is_main:
+        # Under torchrun both captures are data-parallel; the small generations below and the
+        # probes run on rank 0 while the other ranks wait, then every rank returns the verdict.
+        distributed.barrier(ctx)
+        return _read_verdict(out)
     run = load_run(out)
     different_template = teacher_prompts is not None or (
         not raw_prompt and getattr(pair.teacher.tokenizer, "chat_template", None)
         != getattr(pair.student.tokenizer, "chat_template", None))
     if different_template:
         extra.template_check(pair, run, teacher_prompts, raw_prompt)
-    has_answers = verifier is not None and prompts["answer"].notna().any()
     if has_answers:
-        t_prompts = prompts if teacher_prompts is None else prompts.assign(prompt=teacher_prompts)
-        extra.teacher_rollouts(pair, t_prompts, run, sampling, capture, verifier)
         extra.continuations(pair, run, depths=cfg.depths, n_continue=cfg.n_continue,
                             max_rollouts=cfg.max_continuation_rollouts, verifier=verifier,
                             sampling=sampling, batch_size=cfg.batch_size)
@@ -219,7 +226,16 @@ def run_preflight(
     write_json(out / "verdict.json", {"verdict": verdict, "exit_code": EXIT_CODES[verdict],
                                       "seconds": seconds, "thresholds": asdict(cfg.thresholds),
                                       "conditions": table.to_dict(orient="records")})
+    if ctx.active:
+        distributed.barrier(ctx)
     return Verdict(verdict, table, out, seconds)
+
+
+def _read_verdict(out: Path) -> Verdict:
+    import json
+
+    data = json.loads((out / "verdict.json").read_text())
+    return Verdict(data["verdict"], pd.DataFrame(data["conditions"]), out, data["seconds"])
 
 
 def _jsonable(obj):

@@ -98,3 +98,26 @@ def test_loader_merges_rank_shards_by_key(tmp_path):
     assert load_run(tmp_path / "r").rollouts.x.tolist() == [0, 1, 2]
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["status"] == "complete"
+
+
+def test_preflight_under_torchrun_equals_single_process(tiny_pair, tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "answer": f"w{i + 2}"}) + "\n"
+                         for i in range(4)))
+
+    def args(out):
+        return ["--quiet", "preflight", "--student", str(tiny_pair[0]), "--teacher",
+                str(tiny_pair[1]), "--prompts", str(p), "--budget", "small", "--max-new-tokens",
+                "6", "--checker", r"regex:(w\d+)$", "--out", str(out)]
+
+    single_code = cli_main(args(tmp_path / "single"))
+    proc = _torchrun(["-m", "opd_diag.cli", *args(tmp_path / "multi")], tmp_path)
+    # torchrun turns any non-zero child exit into its own 1 and names the child's code
+    if single_code == 0:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        assert f"exitcode  : {single_code}" in proc.stderr, proc.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "verdict.json").read_text())
+    b = json.loads((tmp_path / "multi" / "verdict.json").read_text())
+    assert a["verdict"] == b["verdict"]
+    assert [c["value"] for c in a["conditions"]] == [c["value"] for c in b["conditions"]]

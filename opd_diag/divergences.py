@@ -160,3 +160,171 @@ def overlap_masses(
     mass_s = (student_topk_logp_N_K.exp() * s_in_t_N_K).sum(-1)
     mass_t = (teacher_topk_logp_N_K.exp() * t_in_s_N_K).sum(-1)
     return mass_s, mass_t
+
+
+# ---------------------------------------------------------------------------------------------
+# OPD objectives (per-token losses; the loop aggregates them with `aggregate_loss`)
+#
+# Conventions: ``student_*`` tensors carry the gradient (log-probs of the student at the
+# rollout temperature, full-vocabulary normalised); ``teacher_*`` tensors are constants. Every
+# objective is 0 with zero gradient when the teacher equals the student.
+#
+# The policy-gradient objectives (sampled-token, top-k) are written as thunlp/OPD's on-policy
+# PPO loss with ratio 1: ``−A · exp(log p − stop_grad(log p))``, whose value is ``−A`` and whose
+# gradient is ``−A ∇log p``, with the advantage ``A`` (the reward) detached.
+# ---------------------------------------------------------------------------------------------
+
+TOPK_STRATEGIES = ("only_stu", "only_tch", "intersection", "union", "union-intersection")
+TOPK_WEIGHTINGS = ("student_p", "teacher_p", "none")
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+def _unit_ratio(student_logp: torch.Tensor) -> torch.Tensor:
+    """``exp(log p − stop_grad(log p))``: 1 in value, ``∇log p`` in gradient."""
+    return torch.exp(student_logp - student_logp.detach())
+
+
+def sampled_token_opd_loss(student_logp_N: torch.Tensor, teacher_logp_N: torch.Tensor) -> torch.Tensor:
+    """Sampled-token OPD (thunlp ``LOG_PROB_TOP_K=0``, Thinking Machines): per-token loss.
+
+    Reward ``r_t = log q(ŷ_t) − log p(ŷ_t)`` (the k1 estimate of −KL(p‖q), detached); loss
+    ``−r_t · ratio``. Value: ``log p(ŷ) − log q(ŷ)`` (the k1 reverse-KL estimate); gradient with
+    respect to the student logits ``z``: ``−r_t (e_ŷ − p)``.
+
+    Args:
+        student_logp_N: ``log p(ŷ_t)`` with gradient.
+        teacher_logp_N: ``log q(ŷ_t)``.
+    """
+    reward_N = (teacher_logp_N - student_logp_N).detach()
+    return -reward_N * _unit_ratio(student_logp_N)
+
+
+def topk_support(ids_s_N_K: torch.Tensor, ids_t_N_K: torch.Tensor, strategy: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """thunlp's support sets as masks over the two top-k lists ``S_p`` and ``S_q``.
+
+    Returns ``(valid_s_N_K, valid_t_N_K, normalize)``: which slots of each list are in the
+    support (a token in both lists counts once), and whether the weights are renormalised:
+
+    ==================== ============================== ==========================================
+    only_stu             S_p                            weights renormalised over S_p
+    only_tch             S_q                            weights renormalised over S_q
+    intersection         S_p ∩ S_q (student slots)      weights renormalised over the intersection
+    union                S_p ∪ S_q (teacher duplicates  weights renormalised over the union
+                         masked)
+    union-intersection   (S_p ∖ S_q) ∪ (S_q ∖ S_p)      raw (unnormalised) weights
+    ==================== ============================== ==========================================
+    """
+    s_in_t, t_in_s = topk_membership(ids_s_N_K, ids_t_N_K)
+    yes_s, yes_t = torch.ones_like(s_in_t), torch.ones_like(t_in_s)
+    no_s, no_t = torch.zeros_like(s_in_t), torch.zeros_like(t_in_s)
+    table = {
+        "only_stu": (yes_s, no_t, True),
+        "only_tch": (no_s, yes_t, True),
+        "intersection": (s_in_t, no_t, True),
+        "union": (yes_s, ~t_in_s, True),
+        "union-intersection": (~s_in_t, ~t_in_s, False),
+    }
+    if strategy not in table:
+        raise ValueError(f"unknown top-k strategy {strategy!r}; use one of {TOPK_STRATEGIES}")
+    return table[strategy]
+
+
+def topk_weights(student_logp_N_K: torch.Tensor, teacher_logp_N_K: torch.Tensor,
+                 valid_N_K: torch.Tensor, weighting: str, normalize: bool = True) -> torch.Tensor:
+    """thunlp's ``compute_reward_weights``: softmax of the chosen log-probs over the valid slots.
+
+    ``student_p`` weighs by the student, ``teacher_p`` by the teacher, ``none`` uniformly; with
+    ``normalize=False`` (``union-intersection``) the raw probabilities (``none``: 1) are used.
+    Invalid slots get weight 0. Always detached.
+    """
+    if weighting == "student_p":
+        logw = student_logp_N_K
+    elif weighting == "teacher_p":
+        logw = teacher_logp_N_K
+    elif weighting == "none":
+        logw = torch.zeros_like(student_logp_N_K)
+    else:
+        raise ValueError(f"unknown top-k weighting {weighting!r}; use one of {TOPK_WEIGHTINGS}")
+    logw = logw.detach().masked_fill(~valid_N_K, float("-inf"))
+    if normalize:
+        logw = logw - torch.logsumexp(logw, dim=-1, keepdim=True)
+    return torch.nan_to_num(logw.exp(), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def topk_opd_loss(
+    student_logp_on_s_N_K: torch.Tensor, teacher_logp_on_s_N_K: torch.Tensor,
+    student_logp_on_t_N_K: torch.Tensor, teacher_logp_on_t_N_K: torch.Tensor,
+    ids_s_N_K: torch.Tensor, ids_t_N_K: torch.Tensor,
+    strategy: str = "only_stu", weighting: str = "student_p",
+) -> torch.Tensor:
+    """Top-k OPD (thunlp ``dp_actor.compute_distillation_reward``): per-token loss.
+
+    On the support ``S`` of ``strategy`` (see :func:`topk_support`), with detached weights
+    ``w`` (:func:`topk_weights`) and full-vocabulary log-probs, each candidate ``v`` gets the
+    reward ``A(v) = w(v) (log q(v) − log p(v))`` and the loss is ``−Σ_{v∈S} A(v) · ratio(v)``.
+    Value: ``Σ_{v∈S} w(v) (log p(v) − log q(v))``; gradient w.r.t. the logits:
+    ``−Σ_{v∈S} A(v) (e_v − p)`` — a score-function estimate of the subset reverse KL.
+
+    Args:
+        student_logp_on_s_N_K / teacher_logp_on_s_N_K: both models on the student's top-k ids.
+        student_logp_on_t_N_K / teacher_logp_on_t_N_K: both models on the teacher's top-k ids.
+        ids_s_N_K / ids_t_N_K: the two top-k id lists (set membership decides the support).
+    """
+    valid_s, valid_t, normalize = topk_support(ids_s_N_K, ids_t_N_K, strategy)
+    lp_N_2K = torch.cat([student_logp_on_s_N_K, student_logp_on_t_N_K], dim=-1)
+    lq_N_2K = torch.cat([teacher_logp_on_s_N_K, teacher_logp_on_t_N_K], dim=-1)
+    valid_N_2K = torch.cat([valid_s, valid_t], dim=-1)
+    w_N_2K = topk_weights(lp_N_2K, lq_N_2K, valid_N_2K, weighting, normalize)
+    diff = torch.where(valid_N_2K, lq_N_2K - lp_N_2K, torch.zeros_like(lq_N_2K))
+    advantage_N_2K = (w_N_2K * diff).detach()
+    return -(advantage_N_2K * _unit_ratio(lp_N_2K)).sum(-1)
+
+
+def reverse_kl_loss(student_logp_N_V: torch.Tensor, teacher_logp_N_V: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary reverse KL(p‖q) per token with its exact gradient (GKD / TRL ``beta=1``).
+
+    Gradient w.r.t. the student logits: ``p(v) (log p(v) − log q(v) − KL(p‖q))``.
+    """
+    return reverse_kl(student_logp_N_V, teacher_logp_N_V)
+
+
+def forward_kl_loss(student_logp_N_V: torch.Tensor, teacher_logp_N_V: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary forward KL(q‖p) at student-visited states (TRL ``beta=0``).
+
+    Gradient w.r.t. the student logits: ``p − q`` — it points at the teacher's token even where
+    the student gives it almost no mass, which reverse KL cannot (feasibility.md §4).
+    """
+    return forward_kl(student_logp_N_V, teacher_logp_N_V)
+
+
+def generalized_jsd_loss(student_logp_N_V: torch.Tensor, teacher_logp_N_V: torch.Tensor,
+                         beta: float) -> torch.Tensor:
+    """Generalised JSD(β) per token in TRL's convention (β=0 forward, β=1 reverse KL).
+
+    For ``0 < β < 1``, with ``m = β q + (1 − β) p``, ``∂JSD/∂p(v) = (1 − β) log(p(v)/m(v))``, so
+    the gradient w.r.t. the logits is ``p(v) (g(v) − Σ_u p(u) g(u))`` with that ``g``.
+    """
+    return generalized_jsd(student_logp_N_V, teacher_logp_N_V, beta)
+
+
+def aggregate_loss(loss_N: torch.Tensor, seq_N: torch.Tensor, n_seqs: int,
+                   mode: str = "token-mean") -> torch.Tensor:
+    """Reduce per-token losses to a scalar (verl/thunlp ``agg_loss`` modes).
+
+    ``token-mean``: Σ over all tokens / number of tokens (thunlp's default, TRL's
+    ``num_items_in_batch``); ``seq-mean-token-sum``: mean over sequences of the per-sequence
+    sum; ``seq-mean-token-mean``: mean over sequences of the per-sequence mean.
+
+    Args:
+        seq_N: index in ``[0, n_seqs)`` of the sequence each token belongs to.
+    """
+    if mode == "token-mean":
+        return loss_N.sum() / max(loss_N.numel(), 1)
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; use one of {AGGREGATIONS}")
+    sums = torch.zeros(n_seqs, dtype=loss_N.dtype, device=loss_N.device).index_add(0, seq_N, loss_N)
+    if mode == "seq-mean-token-mean":
+        counts = torch.bincount(seq_N, minlength=n_seqs).clamp(min=1).to(loss_N.dtype)
+        sums = sums / counts
+    return sums.mean()

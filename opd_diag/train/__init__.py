@@ -1,0 +1,10 @@
+"""The built-in OPD loop and the recovery recipes (cold start, prompt selection).
+
+>>> from opd_diag.train import TrainConfig, train
+>>> # train(load_pair(student, teacher), load_prompts(file), "runs/opd", TrainConfig(steps=100))
+"""
+
+from .config import PRESETS, TrainConfig, resolve_config
+from .loop import train
+
+__all__ = ["PRESETS", "TrainConfig", "resolve_config", "train"]

@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean reports
 
 $(VENV)/.setup-done: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ test: setup lint
 
 bench: setup
 	$(PY) benchmarks/capture.py
+
+reports: setup
+	$(PY) -m opd_diag.report.examples --runs runs/examples --out reports
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

@@ -184,7 +184,7 @@ def cmd_demo(args) -> int:
 COMMANDS = {"capture": cmd_capture, "probe": cmd_probe, "ls": cmd_ls, "demo": cmd_demo}
 # Subsystems that bring their own subcommands: each module has ``register(subparsers)`` that adds
 # parsers with ``set_defaults(func=handler)``; handlers take the parsed args and return an exit code.
-SUBCOMMAND_MODULES: list[str] = ["opd_diag.preflight_cli", "opd_diag.train.cli", "opd_diag.ingest_cli"]
+SUBCOMMAND_MODULES: list[str] = ["opd_diag.preflight_cli", "opd_diag.train.cli", "opd_diag.ingest_cli", "opd_diag.report.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class Thresholds:
     unreachable_caution: float = 0.1
     novelty_nogo: float = 0.0
     novelty_caution: float = 0.05
+    auroc_drop: float = 0.05
     provenance: str = "defaults (not yet calibrated)"
 
 
@@ -155,10 +156,17 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
         add("teacher novelty", "novelty_score", np.nan, "CAUTION", "needs prompts with answers",
             "give prompts with answers (and a verifier) to measure novelty")
     h = _value(horizon, metric="recommended_max_len")
+    au = horizon[(horizon.section == "auroc")].sort_values("key").value.to_numpy() \
+        if "section" in horizon else np.array([])
+    degrading = len(au) >= 2 and au[-1] < au[0] - th.auroc_drop
     if not np.isnan(h):
         add("horizon", "recommended_max_len", h,
-            "CAUTION" if h < max_new_tokens else "GO", f"CAUTION < max_new_tokens={max_new_tokens}",
-            f"the teacher's advantage stops at ~{h:.0f} tokens: cap the response length there")
+            "CAUTION" if h < max_new_tokens and degrading else "GO",
+            f"CAUTION when < max_new_tokens={max_new_tokens} and the AUROC of r̄ falls by more "
+            f"than {th.auroc_drop} from the first to the last depth bin (here "
+            f"{au[0] if len(au) else np.nan:.2f} -> {au[-1] if len(au) else np.nan:.2f})",
+            f"the teacher's advantage stops at ~{h:.0f} tokens and its reward degrades with depth: "
+            "supervise densely only up to there (shorter response budget, or mask later tokens)")
     return pd.DataFrame(rows)
 
 

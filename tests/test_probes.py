@@ -140,7 +140,9 @@ def test_decide_rules():
                                  value=[0.3, 0.5]))
     reach = pd.DataFrame(dict(unreachable_share=[0.5]))
     novelty = pd.DataFrame(dict(metric=["novelty_score"], value=[0.2]))
-    horizon = pd.DataFrame(dict(metric=["recommended_max_len"], value=[40.0]))
+    horizon = pd.DataFrame(dict(section=["summary", "auroc", "auroc"], key=["", "0", "1"],
+                                metric=["recommended_max_len", "auroc_rbar", "auroc_rbar"],
+                                value=[40.0, 0.8, 0.6]))
     t = decide(thinking, reach, novelty, horizon, Thresholds(), max_new_tokens=100)
     status = t.set_index("condition").status
     assert status["thinking compatibility"] == "NO-GO"
@@ -149,6 +151,9 @@ def test_decide_rules():
     assert status["teacher novelty"] == "GO"
     assert status["horizon"] == "CAUTION"
     assert overall(t) == "NO-GO"
+    rising = horizon.assign(value=[40.0, 0.6, 0.8])  # signal improves with depth: no length cap
+    t2 = decide(thinking, reach, novelty, rising, Thresholds(), max_new_tokens=100)
+    assert t2.set_index("condition").status["horizon"] == "GO"
 
 
 def test_novelty_without_evidence_is_an_error(tiny_pair, tmp_path):

@@ -10,7 +10,7 @@ condition                  metric                                  recovery when
 thinking compatibility     thinking.compatibility_score            off-policy cold start: SFT on
                                                                    filtered teacher rollouts
 template alignment         thinking.template_top1_agreement        render prompts the teacher's way
-reachability               reachability.unreachable_share          forward KL / cold start (reverse KL
+reachability               reachability.rkl_share_unreachable      forward KL / cold start (reverse KL
                                                                    cannot reach those tokens)
 teacher novelty            novelty.novelty_score                   a different teacher (post-trained
                                                                    beyond the student's pipeline)
@@ -50,8 +50,8 @@ class Thresholds:
     compat_nogo: float = 0.5
     compat_caution: float = 0.8
     template_caution: float = 0.9
-    unreachable_nogo: float = 0.3
-    unreachable_caution: float = 0.1
+    unreachable_nogo: float = 0.4
+    unreachable_caution: float = 0.25
     novelty_nogo: float = 0.0
     novelty_caution: float = 0.05
     auroc_drop: float = 0.05
@@ -138,13 +138,15 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
             "CAUTION" if t < th.template_caution else "GO", f"CAUTION < {th.template_caution}",
             "render prompts with the teacher's own template / chat template "
             "(`opd-diag select-prompts`)")
-    u = float(reach.unreachable_share.iloc[0])
-    add("reachability", "unreachable_share", u,
+    u = float(reach.rkl_share_unreachable.iloc[0])
+    add("reachability", "rkl_share_unreachable", u,
         "NO-GO" if u > th.unreachable_nogo else "CAUTION" if u > th.unreachable_caution else "GO",
-        f"NO-GO > {th.unreachable_nogo}, CAUTION > {th.unreachable_caution} (share of "
-        "disagreements where the student gives the teacher's top-1 < 1e-3)",
-        "the teacher's corrections are outside the student's reach: reverse-KL/sampled-token "
-        "OPD cannot move them; use forward KL / JSD at the same states or a cold start")
+        f"NO-GO > {th.unreachable_nogo}, CAUTION > {th.unreachable_caution} (share of the "
+        "teacher-student KL at disagreements where the student gives the teacher's top-1 "
+        f"< {reach.unreachable_p.iloc[0]:g})",
+        "the teacher's signal sits on corrections outside the student's reach: reverse-KL / "
+        "sampled-token OPD cannot move them; use forward KL / JSD at the same states or a cold "
+        "start")
     if novelty is not None:
         n = _value(novelty, metric="novelty_score")
         add("teacher novelty", "novelty_score", n,

@@ -58,7 +58,8 @@ def load_prompts(path: str | Path) -> pd.DataFrame:
 
 
 def validate_prompts(df: pd.DataFrame, where: str = "prompts") -> pd.DataFrame:
-    """Check a prompt frame and normalise it to ``prompt_id, prompt, answer[, source_id]``."""
+    """Check a prompt frame and normalise it to ``prompt_id, prompt, answer[, source_id]``,
+    followed by any other columns the file has (e.g. ``subset``)."""
     if len(df) == 0:
         raise OpdDiagError(f"{where}: no prompts (the file is empty)")
     if "prompt" not in df.columns:
@@ -77,4 +78,7 @@ def validate_prompts(df: pd.DataFrame, where: str = "prompts") -> pd.DataFrame:
         out["answer"] = None
     if "id" in df.columns:
         out["source_id"] = df["id"].astype(str).tolist()
+    for col in df.columns:  # keep user columns (e.g. subset, difficulty) for grouping
+        if col not in out.columns and col not in ("id", "prompt_id"):
+            out[col] = df[col].tolist()
     return out.reset_index(drop=True)

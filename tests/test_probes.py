@@ -138,7 +138,7 @@ def test_probe_tables_are_versioned(identical_preflight):
 def test_decide_rules():
     thinking = pd.DataFrame(dict(component=["compatibility_score", "template_top1_agreement"],
                                  value=[0.3, 0.5]))
-    reach = pd.DataFrame(dict(unreachable_share=[0.5]))
+    reach = pd.DataFrame(dict(rkl_share_unreachable=[0.5], unreachable_p=[1e-3]))
     novelty = pd.DataFrame(dict(metric=["novelty_score"], value=[0.2]))
     horizon = pd.DataFrame(dict(section=["summary", "auroc", "auroc"], key=["", "0", "1"],
                                 metric=["recommended_max_len", "auroc_rbar", "auroc_rbar"],

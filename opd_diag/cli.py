@@ -80,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ls", help="list the registered probes with their versions")
 
-    p = sub.add_parser("demo", help="run the pipeline end to end on built-in tiny models",
-                       description="Create a tiny related student/teacher pair, capture, run the "
-                       "overlap probe and print the summary.")
-    p.add_argument("--out", default="runs/demo", help="run directory (replaced if it exists)")
+    p = sub.add_parser("demo", help="run the suite end to end on the built-in model zoo",
+                       description="Pre-flight three zoo pairs (built to succeed, to fail by "
+                       "incompatible thinking, to fail by unreachable corrections), a short OPD run "
+                       "on the success pair, and the HTML reports (a few minutes on 2 CPU cores).")
+    p.add_argument("--out", default="runs/demo", help="output directory (runs + reports)")
+    p.add_argument("--steps", type=int, default=30, help="OPD steps of the demo run")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -156,35 +158,19 @@ def cmd_ls(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import tempfile
+    from .demo import run_demo
 
-    from .capture import CaptureConfig
-    from .models import load_pair
-    from .pipeline import run_capture
-    from .probes import run_probe
-    from .prompts import load_prompts
-    from .rollout import SamplingConfig
-    from .runs import load_run
-    from .testing import make_pair_dirs, write_prompts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        print("[demo] creating a tiny teacher and a related student (teacher + weight noise)")
-        student, teacher = make_pair_dirs(tmp, vocab_size=256, noise=0.01, hidden=64)
-        prompts = load_prompts(write_prompts(Path(tmp) / "prompts.jsonl", n=8, vocab_size=256))
-        pair = load_pair(student, teacher)
-        run_capture(pair, prompts, args.out, overwrite=True, progress=not args.quiet,
-                    sampling=SamplingConfig(n_samples=4, max_new_tokens=48, seed=0),
-                    capture=CaptureConfig(top_k=16))
-    df = run_probe("overlap", load_run(args.out))
-    _print_overlap(df)
-    print(f"[demo] run directory: {args.out}")
+    run_demo(args.out, steps=args.steps, progress=not args.quiet)
     return 0
 
 
 COMMANDS = {"capture": cmd_capture, "probe": cmd_probe, "ls": cmd_ls, "demo": cmd_demo}
 # Subsystems that bring their own subcommands: each module has ``register(subparsers)`` that adds
 # parsers with ``set_defaults(func=handler)``; handlers take the parsed args and return an exit code.
-SUBCOMMAND_MODULES: list[str] = ["opd_diag.preflight_cli", "opd_diag.train.cli", "opd_diag.ingest_cli", "opd_diag.report.cli"]
+SUBCOMMAND_MODULES: list[str] = [
+    "opd_diag.preflight_cli", "opd_diag.train.cli", "opd_diag.ingest_cli", "opd_diag.report.cli",
+    "opd_diag.zoo.cli",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,82 @@ def _check_finite(lse: torch.Tensor, role: str, rows: np.ndarray) -> None:
         )
 
 
+def prediction_index(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray,
+                                torch.Tensor]:
+    """A right-padded batch and where its completion tokens are predicted.
+
+    Position i predicts token i+1, so completion token j of row b is predicted at P_b + j − 1.
+
+    Returns:
+        ``(ids_B_L, mask_B_L, row_N, pred_N, t_N, token_N)``: one entry per completion position,
+        rows in rollout order, then t.
+    """
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    ids, mask = _right_pad(seqs, pad_id)
+    rows, preds, tgt_t = [], [], []
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        rows.append(np.full(len(c), b))
+        preds.append(np.arange(len(p) - 1, len(p) + len(c) - 1))
+        tgt_t.append(np.arange(len(c)))
+    row_N, pred_N, t_N = (np.concatenate(x) for x in (rows, preds, tgt_t))
+    token_N = ids[torch.from_numpy(row_N), torch.from_numpy(pred_N + 1)]
+    return ids, mask, row_N, pred_N, t_N, token_N
+
+
+def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k: int,
+                rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """The states columns of one chunk from both models' float32, temperature-scaled logits.
+
+    One exp pass per model (normaliser, entropy and both KLs from the same probabilities) and
+    one top-k pass. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
+    loop passes the detached logits of its differentiable student forward.
+
+    Args:
+        token_N: the sampled tokens of these positions.
+        rows: batch row of each position (named in the NaN/inf error).
+    """
+    p, lse_s = softmax_stats(zs)
+    q, lse_t = softmax_stats(zt)
+    _check_finite(lse_s, "student", rows)
+    _check_finite(lse_t, "teacher", rows)
+    h_s, h_t, rkl, fkl = entropy_and_kls(p, lse_s, zs, q, lse_t, zt)
+    del p, q
+    tok = token_N.to(zs.device)[:, None]
+    ks_val, ks_ids = zs.topk(top_k, dim=-1)
+    kt_val, kt_ids = zt.topk(top_k, dim=-1)
+    return {
+        "logp_s": zs.gather(1, tok)[:, 0] - lse_s,
+        "logp_t": zt.gather(1, tok)[:, 0] - lse_t,
+        "H_s": h_s, "H_t": h_t,
+        "rkl": rkl.clamp_(min=0), "fkl": fkl.clamp_(min=0),
+        "topk_ids_s": ks_ids, "topk_logp_s": ks_val - lse_s[:, None],
+        "logp_t_on_topk_s": zt.gather(1, ks_ids) - lse_t[:, None],
+        "topk_ids_t": kt_ids, "topk_logp_t": kt_val - lse_t[:, None],
+        "logp_s_on_topk_t": zs.gather(1, kt_ids) - lse_s[:, None],
+        "rank_s_of_top1_t": (zs > zs.gather(1, kt_ids[:, :1])).sum(-1),
+        "lse_s": lse_s, "lse_t": lse_t,
+    }
+
+
+def empty_scored(N: int, top_k: int) -> dict[str, np.ndarray]:
+    """Preallocated output columns of :func:`score_states` for ``N`` positions."""
+    out = {name: np.empty(N, np.float32) for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")}
+    out["rank_s_of_top1_t"] = np.empty(N, np.int32)
+    for name in ("topk_ids_s", "topk_ids_t"):
+        out[name] = np.empty((N, top_k), np.int32)
+    for name in ("topk_logp_s", "logp_t_on_topk_s", "topk_logp_t", "logp_s_on_topk_t"):
+        out[name] = np.empty((N, top_k), np.float32)
+    return out
+
+
+def store_chunk(out: dict[str, np.ndarray], lo: int, cols: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`chunk_stats` result into rows ``lo:`` of :func:`empty_scored` columns."""
+    for name, arr in out.items():
+        value = cols[name]
+        arr[lo: lo + len(value)] = value.cpu().numpy()
+
+
 @torch.no_grad()
 def score_states(
     student,
@@ -138,16 +214,7 @@ def score_states(
     if top_k > vocab:
         raise OpdDiagError(f"top_k={top_k} exceeds the compared vocabulary ({vocab} tokens)")
     temp = temperature if temperature > 0 else 1.0
-    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    ids, mask = _right_pad(seqs, pad_id)
-    # Position i predicts token i+1: completion token j of row b is predicted at P_b + j - 1.
-    rows, preds, tgt_t = [], [], []
-    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        rows.append(np.full(len(c), b))
-        preds.append(np.arange(len(p) - 1, len(p) + len(c) - 1))
-        tgt_t.append(np.arange(len(c)))
-    row_N, pred_N, t_N = (np.concatenate(x) for x in (rows, preds, tgt_t))
-    token_N = ids[torch.from_numpy(row_N), torch.from_numpy(pred_N + 1)]
+    ids, mask, row_N, pred_N, t_N, token_N = prediction_index(prompt_ids, completion_ids, pad_id)
 
     hidden = {}
     for role, model in (("student", student), ("teacher", teacher)):
@@ -157,41 +224,13 @@ def score_states(
         del h
     N = len(row_N)
     chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // vocab)
-    out = {name: np.empty(N, np.float32) for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")}
-    out["rank_s_of_top1_t"] = np.empty(N, np.int32)
-    for name in ("topk_ids_s", "topk_ids_t"):
-        out[name] = np.empty((N, top_k), np.int32)
-    for name in ("topk_logp_s", "logp_t_on_topk_s", "topk_logp_t", "logp_s_on_topk_t"):
-        out[name] = np.empty((N, top_k), np.float32)
-
+    out = empty_scored(N, top_k)
     s_dev = next(student.parameters()).device
     for lo in range(0, N, chunk):
         hi = min(N, lo + chunk)
         zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab].float().div_(temp)
         zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab].float().div_(temp)
-        zt = zt.to(s_dev)
-        p, lse_s = softmax_stats(zs)
-        q, lse_t = softmax_stats(zt)
-        _check_finite(lse_s, "student", row_N[lo:hi])
-        _check_finite(lse_t, "teacher", row_N[lo:hi])
-        h_s, h_t, rkl, fkl = entropy_and_kls(p, lse_s, zs, q, lse_t, zt)
-        del p, q
-        tok = token_N[lo:hi].to(s_dev)[:, None]
-        ks_val, ks_ids = zs.topk(top_k, dim=-1)
-        kt_val, kt_ids = zt.topk(top_k, dim=-1)
-        cols = {
-            "logp_s": zs.gather(1, tok)[:, 0] - lse_s,
-            "logp_t": zt.gather(1, tok)[:, 0] - lse_t,
-            "H_s": h_s, "H_t": h_t,
-            "rkl": rkl.clamp_(min=0), "fkl": fkl.clamp_(min=0),
-            "topk_ids_s": ks_ids, "topk_logp_s": ks_val - lse_s[:, None],
-            "logp_t_on_topk_s": zt.gather(1, ks_ids) - lse_t[:, None],
-            "topk_ids_t": kt_ids, "topk_logp_t": kt_val - lse_t[:, None],
-            "logp_s_on_topk_t": zs.gather(1, kt_ids) - lse_s[:, None],
-            "rank_s_of_top1_t": (zs > zs.gather(1, kt_ids[:, :1])).sum(-1),
-        }
-        for name, value in cols.items():
-            out[name][lo:hi] = value.cpu().numpy()
+        store_chunk(out, lo, chunk_stats(zs, zt.to(s_dev), token_N[lo:hi], top_k, row_N[lo:hi]))
         del zs, zt
     out.update(row=row_N, t=t_N.astype(np.int32), token=token_N.numpy().astype(np.int32))
     return out

@@ -107,6 +107,21 @@ def all_gather_object(ctx: DistContext, obj) -> list:
     return out
 
 
+def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over ranks, in float64 (``values`` in one process).
+
+    Every rank must pass the same number of values in the same order.
+    """
+    if not ctx.active:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=_GROUP)
+    return buf.tolist()
+
+
 def shard(ctx: DistContext, n_units: int) -> list[int]:
     """Indices of the units of work this rank does: every ``world_size``-th, from ``rank``."""
     return list(range(ctx.rank, n_units, ctx.world_size))

@@ -24,6 +24,8 @@ from opd_diag.train.evaluate import load_eval_prompts
 
 # 2 steps of the `tiny` preset on the conftest pair (64-token teacher + 0.02 weight noise) and
 # write_prompts(n=4): regression values, identical with 1 and 2 threads on the reference machine.
+# Pinned with the earlier loop (separate no-grad capture, a second student/teacher forward in
+# the loss); the fused single-forward loop reproduces them to < 2e-7 relative, hence rel=1e-5.
 PINNED = {
     "topk": [2.397944688796997, 2.0681440830230713],
     "sampled_token": [2.393887996673584, 1.4656941890716553],
@@ -42,7 +44,7 @@ def _run(tiny_pair, prompts_file, out, **overrides):
 @pytest.mark.parametrize("objective", ["topk", "reverse_kl"])
 def test_two_steps_pin_the_loss(tiny_pair, prompts_file, tmp_path, objective):
     run = _run(tiny_pair, prompts_file, tmp_path / "run", objective=objective)
-    assert run.metrics.loss.tolist() == pytest.approx(PINNED[objective], rel=1e-4)
+    assert run.metrics.loss.tolist() == pytest.approx(PINNED[objective], rel=1e-5)
     if objective == "reverse_kl":  # the loss is the captured exact reverse KL of the batch
         assert run.metrics.loss.iat[0] == pytest.approx(run.metrics.rkl.iat[0], rel=1e-5)
 
@@ -50,7 +52,7 @@ def test_two_steps_pin_the_loss(tiny_pair, prompts_file, tmp_path, objective):
 def test_every_objective_pinned_at_step0_and_moves(tiny_pair, prompts_file, tmp_path):
     for objective in ("sampled_token", "forward_kl", "jsd"):
         run = _run(tiny_pair, prompts_file, tmp_path / objective, objective=objective)
-        assert run.metrics.loss.tolist() == pytest.approx(PINNED[objective], rel=1e-4)
+        assert run.metrics.loss.tolist() == pytest.approx(PINNED[objective], rel=1e-5)
 
 
 def test_loop_writes_the_offline_schema_and_metrics(tiny_pair, prompts_file, tmp_path):

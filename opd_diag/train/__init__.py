@@ -5,6 +5,6 @@
 """
 
 from .config import PRESETS, TrainConfig, resolve_config
-from .loop import train
+from .loop import init_distributed, train
 
-__all__ = ["PRESETS", "TrainConfig", "resolve_config", "train"]
+__all__ = ["PRESETS", "TrainConfig", "init_distributed", "resolve_config", "train"]

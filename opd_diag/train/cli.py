@@ -110,10 +110,11 @@ def cmd_train(args) -> int:
     from ..prompts import load_prompts
     from .config import resolve_config
     from .evaluate import load_eval_prompts
-    from .loop import train
+    from .loop import init_distributed, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     cfg = resolve_config(args.preset, args.config, overrides)
+    init_distributed(cfg.device)  # under torchrun: before loading, so "cuda" is this rank's GPU
     prompts = load_prompts(args.prompts)
     evals = load_eval_prompts(args.eval_prompts) if args.eval_prompts else None
     if cfg.eval_every and evals is None:

@@ -1,20 +1,28 @@
-"""The OPD loop: sample → capture → loss → step → log, one optimizer step per batch.
+"""The OPD loop: sample → capture + loss → step → log, one optimizer step per batch.
 
-Each step the student samples completions for a batch of prompts (``generate_rollouts``), both
-models are scored at every visited state by the capture engine (``capture_rollouts``), the
-objective turns the student's log-probs into a loss (``losses.opd_loss``), AdamW takes one
-step, and the run directory gets the step's ``rollouts``/``states`` shards (``step`` column, the
-offline-capture schema) and one ``metrics.jsonl`` row computed by the overlap probe's own
-``state_metrics`` — the training signal and the diagnostics are the same code.
+Each step the student samples completions for a batch of prompts (``generate_rollouts``); one
+forward per model over those rollouts gives both the objective's loss and the capture engine's
+states table (``losses.opd_forward``); AdamW takes one step; and the run directory gets the
+step's ``rollouts``/``states`` shards (``step`` column, the offline-capture schema) and one
+``metrics.jsonl`` row computed by the overlap probe's own ``state_metrics`` — the training
+signal and the diagnostics are the same code.
 
 Exactness on resume: sampling seeds depend only on (seed, step, prompt, sample), the data order
 only on (seed, epoch), and a checkpoint holds model, optimizer, scheduler and RNG states. On
 ``resume`` everything written after the last checkpoint is dropped and recomputed, so a run
 killed at any moment ends with exactly the rows of an uninterrupted one.
+
+Data parallel (``torchrun --nproc_per_node=N``): each rank takes a contiguous block of the
+step's global rollout rows (same per-row seeds, so the same samples), the student is wrapped in
+``DistributedDataParallel``, and each rank's loss is divided by the *global* token (or
+sequence) count, so the all-reduced gradient is the one-process gradient. Ranks write their own
+shards (``part-<step>-r<rank>.parquet``, merged by the loader); rank 0 all-reduces the scalars,
+appends ``metrics.jsonl``, evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,18 +34,19 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import CaptureConfig
+from .. import distributed
+from ..capture import _LIST_COLUMNS, states_table
 from ..errors import OpdDiagError
 from ..models import Pair
-from ..pipeline import capture_rollouts, generate_rollouts, render_prompts
+from ..pipeline import generate_rollouts, render_prompts
 from ..probes.overlap import state_metrics
 from ..rollout import SamplingConfig
-from ..runs import RunWriter, open_run, read_jsonl
+from ..runs import RunWriter, read_jsonl
 from ..verify import make_verifier
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .evaluate import evaluate_model, gap_recovery, require_answers
-from .losses import opd_loss
+from .losses import StudentStates, idle_forward, loss_denominator, opd_forward
 
 _SHARDED = ("rollouts", "states", "eval")
 _MEANS = ("overlap_ratio", "overlap_mass_s", "overlap_mass_t", "eq7_advantage", "H_s", "H_t",
@@ -51,6 +60,30 @@ def batch_rows(step: int, n_prompts: int, cfg: TrainConfig) -> list[tuple[int, i
         order = np.random.default_rng([cfg.seed, i // n_prompts]).permutation(n_prompts)
         rows += [(int(order[i % n_prompts]), s) for s in range(cfg.n_samples)]
     return rows
+
+
+def rank_rows(rows: list, ctx: distributed.DistContext) -> list:
+    """This rank's contiguous block of a step's global rows (all of them in one process).
+
+    Generation batches start at the block's first row, so when ``rollout_batch_size`` divides
+    the rows per rank every row is sampled in the batch it would be in with one process.
+    """
+    n = len(rows)
+    return rows[n * ctx.rank // ctx.world_size: n * (ctx.rank + 1) // ctx.world_size]
+
+
+def init_distributed(device: str = "cpu") -> distributed.DistContext:
+    """Join the ``torchrun`` job, if any. With GPUs the default group is NCCL (DDP's gradient
+    all-reduce), created here before :func:`distributed.context` adds its gloo control group."""
+    world = distributed._env_int("WORLD_SIZE", 1)
+    if world > 1 and device != "cpu" and torch.cuda.is_available():
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            local = distributed._env_int("LOCAL_RANK", 0)
+            torch.cuda.set_device(local % torch.cuda.device_count())
+            dist.init_process_group("nccl")
+    return distributed.context()
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -68,6 +101,11 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
           overwrite: bool = False, progress: bool = True, extra_meta: dict | None = None) -> Path:
     """Run OPD of ``pair.student`` toward ``pair.teacher`` on ``prompts``; write run ``out``.
 
+    Under ``torchrun`` every rank calls this with the same arguments (data parallel, see the
+    module docstring); ranks started with different configs, prompts or models all stop with
+    the same error. On GPUs call :func:`init_distributed` before ``load_pair`` so that
+    ``"cuda"`` means each rank's own GPU (``opd-diag train`` does).
+
     Args:
         prompts: a validated prompt frame (``load_prompts``).
         eval_prompts: held-out prompts with ``answer`` (and optional ``subset``) for evaluation.
@@ -78,12 +116,11 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
     if cfg.capture_top_k > pair.compare_vocab:
         raise OpdDiagError(f"capture_top_k {cfg.capture_top_k} exceeds the vocabulary "
                            f"({pair.compare_vocab} tokens)")
+    ctx = init_distributed(cfg.device)
     sampling = SamplingConfig(n_samples=cfg.n_samples, temperature=cfg.temperature,
                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               batch_size=cfg.rollout_batch_size, seed=cfg.seed,
                               raw_prompt=cfg.raw_prompt)
-    capture = CaptureConfig(top_k=cfg.capture_top_k, batch_size=cfg.capture_batch_size,
-                            chunk_tokens=cfg.chunk_tokens)
     verifier = make_verifier(cfg.checker)
     prompts = render_prompts(pair, prompts, sampling)
     if eval_prompts is not None:
@@ -97,65 +134,65 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
               "teacher": pair.teacher.path,
               "n_eval_prompts": 0 if eval_prompts is None else len(eval_prompts)}
     meta = {"models": pair.describe(), "seeds": {"train": cfg.seed}, **(extra_meta or {})}
-    with open_run(out, "train", config, resume=resume, overwrite=overwrite, extra=meta) as run:
-        run.write_shard("prompts", "00000", prompts)
+    if ctx.active:
+        distributed.check_same_config(ctx, _fingerprint(config, meta, prompts, eval_prompts),
+                                      "train config")
+        meta["world_size"] = ctx.world_size
+    with distributed.open_run_ranks(ctx, out, "train", config, resume=resume,
+                                    overwrite=overwrite, extra=meta) as run:
+        if ctx.is_main:
+            run.write_shard("prompts", "00000", prompts)
     # From here on the directory holds training progress: reopening it as a resumed run makes
     # open_run mark a failure (e.g. a full disk) as `failed` instead of deleting the directory.
-    with open_run(out, "train", config, resume=True) as run:
-        start = _restore(run, student, optimizer, scheduler)
-        evaluator = _Evaluator(run, pair, eval_prompts, cfg, verifier) if eval_prompts is not None \
-            else None
+    with distributed.open_run_ranks(ctx, out, "train", config, resume=True) as run:
+        start = _restore(run, ctx, student, optimizer, scheduler)
+        student_states = _wrap(StudentStates(student), ctx)
+        evaluator = _Evaluator(run, pair, eval_prompts, cfg, verifier) \
+            if eval_prompts is not None and ctx.is_main else None
         if evaluator:
             evaluator.baselines()
-        bar = tqdm(range(start, cfg.steps), desc="opd", unit="step", disable=not progress,
-                   initial=start, total=cfg.steps)
+        bar = tqdm(range(start, cfg.steps), desc="opd", unit="step",
+                   disable=not progress or not ctx.is_main, initial=start, total=cfg.steps)
         for step in bar:
             timer = _Timer()
             # 1. sample: the student's own trajectories (seeded per step, prompt and sample)
-            rows = batch_rows(step, len(prompts), cfg)
+            rows = rank_rows(batch_rows(step, len(prompts), cfg), ctx)
             rollouts = pd.concat([generate_rollouts(pair, prompts, rows[lo: lo + cfg.rollout_batch_size],
                                                     sampling, step=step)
                                   for lo in range(0, len(rows), cfg.rollout_batch_size)],
                                  ignore_index=True)
             _mark_correct(rollouts, prompts, verifier)
             timer.lap("sample")
-            # 2. capture: both models at every visited state (the offline states schema)
-            kept = rollouts[rollouts.n_tokens > 0]
-            parts = [capture_rollouts(pair, prompts, kept.iloc[lo: lo + cfg.capture_batch_size],
-                                      capture, cfg.temperature)
-                     for lo in range(0, len(kept), cfg.capture_batch_size)]
-            states = pa.concat_tables([p for p in parts if p is not None]) if len(kept) else None
-            timer.lap("capture")
-            # 3. loss: the student's differentiable forward and the objective
-            optimizer.zero_grad(set_to_none=True)
-            row = {"step": step, "lr": scheduler.get_last_lr()[0]}
-            if states is not None:
-                by_id = dict(zip(prompts.prompt_id, prompts.input_ids, strict=True))
-                loss, _ = opd_loss(student, pair.teacher.model,
-                                       [by_id[p] for p in kept.prompt_id], list(kept.completion_ids),
-                                       states, cfg, vocab=pair.compare_vocab,
-                                       pad_id=pair.tokenizer.pad_token_id,
-                                       chunk_tokens=cfg.chunk_tokens)
-                loss.backward()
-                row["loss"] = float(loss.detach())
-            timer.lap("loss")
-            # 4. step
+            # 2. capture + loss: one student forward (with grad) and one teacher forward per
+            # micro-batch give its states and its share of the loss; backward accumulates
+            parts, loss_sum, denominator = _capture_and_backward(
+                pair, prompts, rollouts[rollouts.n_tokens > 0], cfg, ctx, student_states,
+                optimizer, timer)
+            # 3. step (gradients are identical on every rank after DDP's all-reduce)
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
             optimizer.step()
             scheduler.step()
             timer.lap("optim")
-            # 5. log: shards first, the metrics row last (a row implies its shards exist)
-            row.update(_scalars(rollouts, states))
-            keep_states = states is not None and step % cfg.states_every == 0
-            row["states_kept"] = bool(keep_states)
+            # 4. log: shards first, the metrics row last (a row implies its shards exist)
+            run.write_shard("rollouts", f"{step:06d}", rollouts)
+            if parts and step % cfg.states_every == 0:
+                run.write_shard("states", f"{step:06d}", pa.concat_tables(
+                    [states_table(sc, list(mb.rollout_id), list(mb.step), list(mb.n_tokens))
+                     for sc, mb in parts]))
+            sums = distributed.all_reduce_sum(ctx, _batch_sums(rollouts, parts, loss_sum))
+            if not ctx.is_main:
+                continue  # rank 0 writes the metrics row and the checkpoint
+            row = {"step": step, "lr": scheduler.get_last_lr()[0]}
+            if denominator:
+                row["loss"] = sums[-1]
+            row["grad_norm"] = grad_norm
+            row.update(_scalars(sums))
+            row["states_kept"] = bool(denominator) and step % cfg.states_every == 0
+            timer.lap("log")
             if evaluator and evaluator.due(step):
                 row.update(evaluator.evaluate(step))
                 timer.lap("eval")
-            run.write_shard("rollouts", f"{step:06d}", rollouts)
-            if keep_states:
-                run.write_shard("states", f"{step:06d}", states)
-            timer.lap("log")
             row.update(timer.as_dict())
             run.append_metrics(row)
             if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == cfg.steps - 1:
@@ -167,16 +204,112 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
     return Path(out)
 
 
-def _scalars(rollouts: pd.DataFrame, states: pa.Table | None) -> dict:
-    """Batch scalars: lengths, and the overlap probe's per-state metrics averaged over states."""
-    out = {"n_rollouts": len(rollouts), "n_tokens": int(rollouts.n_tokens.sum()),
-           "response_length": float(rollouts.n_tokens.mean()),
-           "clipped_ratio": float((rollouts.stop_reason == "length").mean())}
-    if rollouts.correct.notna().any():
-        out["train_acc"] = float(rollouts.correct.dropna().astype(float).mean())
-    if states is not None:
-        per_state = state_metrics(states.to_pandas())
-        out.update({name: float(np.nanmean(per_state[name])) for name in _MEANS})
+def _capture_and_backward(pair: Pair, prompts: pd.DataFrame, kept: pd.DataFrame, cfg: TrainConfig,
+                          ctx: distributed.DistContext, student_states: torch.nn.Module,
+                          optimizer, timer: _Timer) -> tuple[list, float, int]:
+    """Forward and backward over this rank's non-empty rollouts in micro-batches of
+    ``capture_batch_size``; returns ``([(scored, rollouts)], loss share, denominator)``.
+
+    Each micro-batch loss is divided by the step's global token (or rollout) count, so the
+    accumulated, all-reduced gradient is the one-process gradient. Under DDP every rank runs
+    the same number of backwards (idle passes where it has fewer micro-batches) and only the
+    last one all-reduces.
+    """
+    student, pad_id = pair.student.model, pair.tokenizer.pad_token_id
+    micro = [kept.iloc[lo: lo + cfg.capture_batch_size]
+             for lo in range(0, len(kept), cfg.capture_batch_size)]
+    counts = distributed.all_gather_object(ctx, (int(kept.n_tokens.sum()), len(kept), len(micro)))
+    denominator = loss_denominator(cfg, sum(c[0] for c in counts), sum(c[1] for c in counts))
+    n_micro = max(c[2] for c in counts) if denominator else 0
+    by_id = dict(zip(prompts.prompt_id, prompts.input_ids, strict=True))
+    optimizer.zero_grad(set_to_none=True)
+    parts, loss_sum = [], 0.0
+    for i in range(n_micro):
+        last = i == n_micro - 1 or not ctx.active
+        with contextlib.nullcontext() if last else student_states.no_sync():
+            if i < len(micro):
+                mb = micro[i]
+                loss, scored = opd_forward(
+                    student_states, student, pair.teacher.model, [by_id[p] for p in mb.prompt_id],
+                    list(mb.completion_ids), cfg, vocab=pair.compare_vocab, pad_id=pad_id,
+                    denominator=denominator, chunk_tokens=cfg.chunk_tokens)
+                parts.append((scored, mb))
+                loss_sum += float(loss.detach())
+            else:
+                loss = idle_forward(student_states, student, pad_id)
+            timer.lap("capture", add=True)
+            # DDP averages gradients over ranks; each rank's loss is already its share of the sum
+            (loss * ctx.world_size).backward()
+            timer.lap("loss", add=True)
+    return parts, loss_sum, denominator
+
+
+def _wrap(module: torch.nn.Module, ctx: distributed.DistContext) -> torch.nn.Module:
+    """DDP around the student's forward under torchrun; the module itself in one process."""
+    if not ctx.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = next(module.parameters()).device
+    # no buffer broadcast: ranks may run different numbers of forwards (eval, idle passes)
+    return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+def _fingerprint(config: dict, meta: dict, prompts: pd.DataFrame,
+                 eval_prompts: pd.DataFrame | None) -> dict:
+    """What must be equal on every rank: config, model files and the rendered prompts."""
+    models = {role: {k: v for k, v in m.items() if k != "device"}
+              for role, m in meta["models"].items() if isinstance(m, dict)}
+    ids = [(int(p), list(map(int, i))) for p, i in zip(prompts.prompt_id, prompts.input_ids,
+                                                        strict=True)]
+    evals = None if eval_prompts is None else [list(map(int, i)) for i in eval_prompts.input_ids]
+    return {"config": config, "models": models, "prompts": ids, "eval_prompts": evals}
+
+
+_COUNTS = ("n_rollouts", "n_tokens", "n_clipped", "n_correct", "n_checked", "n_states")
+
+
+def _batch_sums(rollouts: pd.DataFrame, parts: list, loss_sum: float) -> list[float]:
+    """This rank's additive batch statistics (fixed order, so ranks can all-reduce them)."""
+    correct = rollouts.correct.to_numpy(dtype=np.float64, na_value=np.nan)
+    checked = correct[~np.isnan(correct)]
+    out = [len(rollouts), int(rollouts.n_tokens.sum()), int((rollouts.stop_reason == "length").sum()),
+           float(checked.sum()), len(checked)]
+    if parts:
+        values = state_metrics(_state_frame([sc for sc, _ in parts]))[list(_MEANS)]
+        values = values.to_numpy(np.float64)
+    else:
+        values = np.empty((0, len(_MEANS)))
+    out.append(len(values))
+    for s, n in zip(np.nansum(values, axis=0), (~np.isnan(values)).sum(axis=0), strict=True):
+        out += [float(s), int(n)]
+    return [*out, loss_sum]
+
+
+def _state_frame(scored: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The states columns ``state_metrics`` reads, straight from the captured arrays (ids are
+    batch-row numbers: the metrics are averaged, never grouped, here)."""
+    cat = {name: np.concatenate([sc[name] for sc in scored]) for name in scored[0]}
+    cols = {"rollout_id": cat["row"], "step": 0, "t": cat["t"], "T": 0}
+    cols.update({name: cat[name] for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")})
+    cols.update({name: list(cat[name]) for name in _LIST_COLUMNS})
+    return pd.DataFrame(cols)
+
+
+def _scalars(sums: list[float]) -> dict:
+    """Batch scalars from all-reduced sums: lengths, and the overlap probe's per-state metrics
+    averaged over states (every state weighs the same, on one rank or many)."""
+    c = dict(zip(_COUNTS, sums, strict=False))
+    out = {"n_rollouts": int(c["n_rollouts"]), "n_tokens": int(c["n_tokens"]),
+           "response_length": c["n_tokens"] / c["n_rollouts"],
+           "clipped_ratio": c["n_clipped"] / c["n_rollouts"]}
+    if c["n_checked"]:
+        out["train_acc"] = c["n_correct"] / c["n_checked"]
+    if c["n_states"]:
+        means = sums[len(_COUNTS): -1]
+        out.update({name: means[2 * i] / means[2 * i + 1] if means[2 * i + 1] else float("nan")
+                    for i, name in enumerate(_MEANS)})
     return out
 
 
@@ -192,9 +325,10 @@ class _Timer:
         self.t0 = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
 
-    def lap(self, name: str) -> None:
+    def lap(self, name: str, add: bool = False) -> None:
         now = time.perf_counter()
-        self.laps[f"time_{name}"] = now - self.last
+        key = f"time_{name}"
+        self.laps[key] = (self.laps.get(key, 0.0) if add else 0.0) + now - self.last
         self.last = now
 
     def as_dict(self) -> dict:
@@ -235,16 +369,23 @@ class _Evaluator:
         return {f"eval/{k}": v for k, v in {**now, **rec}.items()}
 
 
-def _restore(run: RunWriter, student, optimizer, scheduler) -> int:
-    """Load the last checkpoint; drop metrics rows and shards written after it. Returns the next step."""
+def _restore(run: RunWriter, ctx: distributed.DistContext, student, optimizer, scheduler) -> int:
+    """Load the last checkpoint; drop metrics rows and shards written after it. Returns the next step.
+
+    Every rank loads the checkpoint; rank 0 alone trims the directory (every rank's shards),
+    and nobody starts a step before it is done.
+    """
     found = ckpt.latest_checkpoint(run.path)
     last = ckpt.load_checkpoint(found, student, optimizer, scheduler)["step"] if found else -1
-    rows = [r for r in read_jsonl(run.path / "metrics.jsonl") if r["step"] <= last]
-    _rewrite_jsonl(run.path / "metrics.jsonl", rows)
-    for table in _SHARDED:
-        for shard in (run.path / f"{table}.parquet").glob("part-0*.parquet"):
-            if int(shard.stem.removeprefix("part-")) > last:
-                shard.unlink()
+    if ctx.is_main:
+        rows = [r for r in read_jsonl(run.path / "metrics.jsonl") if r["step"] <= last]
+        _rewrite_jsonl(run.path / "metrics.jsonl", rows)
+        for table in _SHARDED:
+            for shard in (run.path / f"{table}.parquet").glob("part-0*.parquet"):
+                key = shard.stem.removeprefix("part-").split("-r")[0]  # part-<step>[-r<rank>]
+                if int(key) > last:
+                    shard.unlink()
+    distributed.barrier(ctx)
     return last + 1
 
 

@@ -1,115 +1,138 @@
-"""The student's differentiable side of an OPD step: one forward with grad, then the objective.
+"""One OPD micro-batch: a single forward per model gives both the loss and the states table.
 
-Context: the capture engine has already scored every visited state under both models (no grad)
-and kept what the sampled-token and top-k objectives need from the teacher: ``logp_t`` on the
-sampled token, ``logp_t_on_topk_s`` and ``topk_logp_t`` on both top-k lists. So those objectives
-never run the teacher again; only the full-vocabulary objectives (reverse/forward KL, JSD) need
-the teacher's whole distribution and run its backbone once more.
+Context: the diagnostics need both models' statistics at every visited state (the capture
+engine's ``states`` columns) and the objective needs the student's log-probs *with grad* at the
+same states. Both come from the same logits, so the student runs once, with grad, and the
+teacher once, without: per chunk of positions the captured statistics are computed from the
+*detached* student logits by the capture engine's own :func:`~opd_diag.capture.chunk_stats`
+(the states table is the one ``opd-diag capture`` writes, column for column), and the objective
+from the live ones. The full-vocabulary objectives (reverse/forward KL, JSD) reuse the same
+teacher logits; nothing runs a model twice.
 
-Memory: the LM head is applied to chunks of positions; with more than one chunk each chunk runs
-under activation checkpointing, so autograd keeps ``[chunk, V]`` logits for one chunk at a time
-(recomputed in backward) instead of ``[N, V]`` for the whole batch.
+Memory: the LM heads are applied to chunks of positions. With more than one chunk each chunk's
+objective runs under activation checkpointing, so autograd keeps ``[chunk, V]`` logits for one
+chunk at a time (recomputed in backward) and never ``[N, V]``; the captured statistics are
+computed once, in the first pass, and reused by the recomputation.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from .. import divergences as D
-from ..capture import final_hidden, lm_head_logits
+from ..capture import (
+    chunk_stats,
+    empty_scored,
+    final_hidden,
+    lm_head_logits,
+    prediction_index,
+    store_chunk,
+)
 from .config import TrainConfig
 
 _CHUNK_ELEMENTS = 1 << 24
 
 
-def states_tensors(table: pa.Table, columns: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Columns of a states table as tensors (fixed-size lists → ``[N, K]``), without pandas."""
-    out = {}
-    for name in columns:
-        col = table.column(name).combine_chunks()
-        if pa.types.is_fixed_size_list(col.type):
-            arr = col.flatten().to_numpy().reshape(len(col), col.type.list_size)
-        else:
-            arr = col.to_numpy()
-        out[name] = torch.from_numpy(np.array(arr, copy=True))
-    return out
+class StudentStates(torch.nn.Module):
+    """The student's differentiable forward, up to its final hidden states at the predicting
+    positions. Under ``torchrun`` this module is what ``DistributedDataParallel`` wraps (the LM
+    head is applied outside, chunk by chunk, and still gets its gradients all-reduced)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids_B_L, mask_B_L, row_N, pred_N) -> torch.Tensor:
+        return final_hidden(self.model, ids_B_L, mask_B_L)[row_N, pred_N]
 
 
-def _hidden_at_predictions(model, prompt_ids, completion_ids, pad_id) -> tuple[torch.Tensor, ...]:
-    """Final hidden states at every position that predicts a completion token (rollout order)."""
-    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    rows, preds = [], []
-    for b, (s, p, c) in enumerate(zip(seqs, prompt_ids, completion_ids, strict=True)):
-        ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
-        rows.append(np.full(len(c), b))
-        preds.append(np.arange(len(p) - 1, len(p) + len(c) - 1))
-    row_N, pred_N = (torch.from_numpy(np.concatenate(x)) for x in (rows, preds))
-    dev = next(model.parameters()).device
-    h_B_L_H = final_hidden(model, ids.to(dev), mask.to(dev))
-    return h_B_L_H[row_N.to(dev), pred_N.to(dev)], row_N
+def loss_denominator(cfg: TrainConfig, n_tokens: int, n_rollouts: int) -> int:
+    """What the aggregated loss divides by: tokens (``token-mean``) or sequences (``seq-mean-*``)."""
+    return n_tokens if cfg.aggregation == "token-mean" else n_rollouts
 
 
-def _chunk_loss_fn(student, teacher, cfg: TrainConfig, vocab: int, temp: float):
-    """Per-token loss of one chunk: ``fn(h_s_N_H, h_t_N_H | None, *state tensors) -> loss_N``."""
-    def logp(model, h):
-        z = lm_head_logits(model, h)[:, :vocab].float() / temp
-        return torch.log_softmax(z, dim=-1)
-
-    def fn(h_s, h_t, token, logp_t, ids_s, lq_on_s, ids_t, lq_t):
-        lp_N_V = logp(student, h_s)
+def _objective(cfg: TrainConfig, zs: torch.Tensor, zt: torch.Tensor | None,
+               st: dict[str, torch.Tensor], token_N: torch.Tensor) -> torch.Tensor:
+    """Per-token loss from the student's live logits ``zs`` and the chunk's captured statistics."""
+    k = cfg.top_k
+    if cfg.objective in ("sampled_token", "topk"):
+        lse_s = torch.logsumexp(zs, dim=-1, keepdim=True)
         if cfg.objective == "sampled_token":
-            return D.sampled_token_opd_loss(lp_N_V.gather(1, token[:, None])[:, 0], logp_t)
-        if cfg.objective == "topk":
-            return D.topk_opd_loss(lp_N_V.gather(1, ids_s), lq_on_s, lp_N_V.gather(1, ids_t), lq_t,
-                                   ids_s, ids_t, cfg.strategy, cfg.weighting)
-        with torch.no_grad():
-            lq_N_V = logp(teacher, h_t).to(lp_N_V.device)
-        if cfg.objective == "reverse_kl":
-            return D.reverse_kl_loss(lp_N_V, lq_N_V)
-        if cfg.objective == "forward_kl":
-            return D.forward_kl_loss(lp_N_V, lq_N_V)
-        return D.generalized_jsd_loss(lp_N_V, lq_N_V, cfg.beta)
-    return fn
+            return D.sampled_token_opd_loss((zs.gather(1, token_N[:, None]) - lse_s)[:, 0],
+                                            st["logp_t"])
+        ids_s, ids_t = st["topk_ids_s"][:, :k], st["topk_ids_t"][:, :k]
+        return D.topk_opd_loss(zs.gather(1, ids_s) - lse_s, st["logp_t_on_topk_s"][:, :k],
+                               zs.gather(1, ids_t) - lse_s, st["topk_logp_t"][:, :k],
+                               ids_s, ids_t, cfg.strategy, cfg.weighting)
+    lp_N_V = torch.log_softmax(zs, dim=-1)
+    lq_N_V = zt - st["lse_t"][:, None]
+    if cfg.objective == "reverse_kl":
+        return D.reverse_kl_loss(lp_N_V, lq_N_V)
+    if cfg.objective == "forward_kl":
+        return D.forward_kl_loss(lp_N_V, lq_N_V)
+    return D.generalized_jsd_loss(lp_N_V, lq_N_V, cfg.beta)
 
 
-def opd_loss(student, teacher, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-             states: pa.Table, cfg: TrainConfig, *, vocab: int, pad_id: int,
-             chunk_tokens: int | None = None) -> tuple[torch.Tensor, int]:
-    """The aggregated OPD loss (with grad) of one batch of rollouts, and its token count.
+def opd_forward(student_states: torch.nn.Module, student, teacher,
+                prompt_ids: list[list[int]], completion_ids: list[list[int]], cfg: TrainConfig,
+                *, vocab: int, pad_id: int, denominator: int,
+                chunk_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The OPD loss (with grad) of a micro-batch of rollouts and its captured states.
 
     Args:
-        prompt_ids, completion_ids: the rollouts whose states are in ``states`` (same order,
-            non-empty completions), as produced by ``capture_rollouts``.
-        states: the captured states table of these rollouts.
+        student_states: :class:`StudentStates` of ``student`` (or its DDP wrapper).
+        prompt_ids, completion_ids: the rollouts (non-empty completions).
         vocab: compared vocabulary (``pair.compare_vocab``).
+        denominator: :func:`loss_denominator` of the *whole* step (all micro-batches, all ranks),
+            so the micro-batch losses sum to the step's loss and their gradients to its gradient.
+
+    Returns:
+        ``(loss, scored)``: ``scored`` has :func:`opd_diag.capture.score_states`'s columns.
     """
-    k = cfg.top_k
-    cols = states_tensors(states, ("token", "logp_t", "topk_ids_s", "logp_t_on_topk_s",
-                                   "topk_ids_t", "topk_logp_t"))
-    extras = [cols["token"].long(), cols["logp_t"], cols["topk_ids_s"][:, :k].long(),
-              cols["logp_t_on_topk_s"][:, :k], cols["topk_ids_t"][:, :k].long(),
-              cols["topk_logp_t"][:, :k]]
-    h_s, row_N = _hidden_at_predictions(student, prompt_ids, completion_ids, pad_id)
-    h_t = None
-    if cfg.needs_teacher_logits:
-        with torch.no_grad():
-            h_t, _ = _hidden_at_predictions(teacher, prompt_ids, completion_ids, pad_id)
-    dev = h_s.device
-    extras = [x.to(dev) for x in extras]
-    fn = _chunk_loss_fn(student, teacher, cfg, vocab, cfg.temperature)
-    N = h_s.shape[0]
+    ids, mask, row_N, pred_N, t_N, token_N = prediction_index(prompt_ids, completion_ids, pad_id)
+    s_dev, t_dev = (next(m.parameters()).device for m in (student, teacher))
+    idx = [torch.from_numpy(x) for x in (row_N, pred_N)]
+    h_s = student_states(ids.to(s_dev), mask.to(s_dev), *(x.to(s_dev) for x in idx))
+    with torch.no_grad():
+        h_t = final_hidden(teacher, ids.to(t_dev), mask.to(t_dev))[idx[0].to(t_dev),
+                                                                    idx[1].to(t_dev)]
+    temp, N = cfg.temperature, len(row_N)
+    tok_N = token_N.to(s_dev)
+    scored, captured = empty_scored(N, cfg.capture_top_k), {}
+
+    def chunk_loss(lo: int, h_s_n: torch.Tensor, h_t_n: torch.Tensor) -> torch.Tensor:
+        hi = lo + len(h_s_n)
+        zs = lm_head_logits(student, h_s_n)[:, :vocab].float() / temp
+        st, zt = captured.get(lo), None
+        if st is None or cfg.needs_teacher_logits:  # a recomputation needs no new statistics
+            with torch.no_grad():
+                zt = lm_head_logits(teacher, h_t_n)[:, :vocab].float().div_(temp).to(s_dev)
+        if st is None:
+            st = captured[lo] = chunk_stats(zs.detach(), zt, tok_N[lo:hi], cfg.capture_top_k,
+                                            row_N[lo:hi])
+            store_chunk(scored, lo, st)
+        return _objective(cfg, zs, zt, st, tok_N[lo:hi])
+
     chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // vocab)
     parts = []
     for lo in range(0, N, chunk):
-        sl = slice(lo, min(N, lo + chunk))
-        args = (h_s[sl], None if h_t is None else h_t[sl], *(x[sl] for x in extras))
-        parts.append(fn(*args) if chunk >= N else checkpoint(fn, *args, use_reentrant=False))
+        args = (lo, h_s[lo: lo + chunk], h_t[lo: lo + chunk])
+        parts.append(chunk_loss(*args) if chunk >= N
+                     else checkpoint(chunk_loss, *args, use_reentrant=False))
     loss_N = torch.cat(parts)
-    loss = D.aggregate_loss(loss_N, row_N.to(dev), len(prompt_ids), cfg.aggregation)
-    return loss, N
+    n_rows = len(prompt_ids)
+    local = loss_denominator(cfg, N, n_rows)
+    loss = D.aggregate_loss(loss_N, idx[0].to(s_dev), n_rows, cfg.aggregation) * (local / denominator)
+    scored.update(row=row_N, t=t_N.astype(np.int32), token=token_N.numpy().astype(np.int32))
+    return loss, scored
+
+
+def idle_forward(student_states: torch.nn.Module, student, pad_id: int) -> torch.Tensor:
+    """A zero loss that touches every parameter: a rank with no tokens in a micro-batch still
+    takes part in DDP's gradient all-reduce."""
+    dev = next(student.parameters()).device
+    ids, mask = torch.full((1, 1), pad_id, device=dev), torch.ones((1, 1), dtype=torch.long, device=dev)
+    zero = torch.zeros(1, dtype=torch.long, device=dev)
+    return lm_head_logits(student, student_states(ids, mask, zero, zero)).sum() * 0.0

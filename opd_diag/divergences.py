@@ -20,14 +20,14 @@ import torch
 def log_normalizer_and_entropy(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(logsumexp, entropy)`` of ``softmax(logits)`` with one exp pass.
 
-    Intuition: with ``lse = log Σ exp z``, ``p = exp(z - lse)`` and ``H = -Σ p (z - lse) =
-    lse - Σ p z``, so the entropy costs one extra multiply-add over the probabilities we
-    already need for the normaliser.
+    Intuition: with ``lse = log Σ exp z`` and ``log p = z - lse``, ``H = -Σ p log p`` reuses the
+    log-probabilities the normaliser already gave.
     """
     z = logits_N_V.float()
     lse_N = torch.logsumexp(z, dim=-1)
-    p = (z - lse_N.unsqueeze(-1)).exp_()
-    return lse_N, lse_N - (p * z).sum(-1)
+    logp = z - lse_N.unsqueeze(-1)
+    # -Σ p log p term by term: no cancellation between two large numbers (lse and Σ p z)
+    return lse_N, -(logp.exp() * logp).sum(-1)
 
 
 def softmax_stats(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

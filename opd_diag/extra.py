@@ -56,6 +56,9 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
                   sampling: SamplingConfig, batch_size: int = 16) -> pd.DataFrame:
     """Truncate student rollouts at each depth; teacher and student each continue them.
 
+    Rollouts the student got wrong come first (up to ``max_rollouts``): the question is whether
+    the teacher can fix the student's failures from the student's own prefixes.
+
     Returns one row per (rollout, depth, continuer, sample) with ``correct`` and writes it to
     ``continuations.parquet``. Depth is a fraction of the rollout's own length; ``prefix_len``
     is the absolute number of student tokens kept.
@@ -65,7 +68,11 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
     roll = roll[roll.prompt_id.map(prompts["answer"]).notna()]
     if len(roll) == 0:
         raise OpdDiagError("continuations need prompts with answers (an 'answer' column)")
-    roll = roll.sort_values("rollout_id").head(max_rollouts)
+    # The student's failures first: novelty that OPD can transfer is the teacher fixing what the
+    # student gets wrong, from the student's own prefixes (then the rest, in id order).
+    failed = roll.correct.eq(False).fillna(False).astype(bool)
+    roll = roll.assign(_failed=failed).sort_values(["_failed", "rollout_id"],
+                                                   ascending=[False, True]).head(max_rollouts)
     jobs = []  # (rollout row, depth, prefix_len, continuer, sample)
     for _, r in roll.iterrows():
         content = [t for t in r.completion_ids][: max(0, r.n_tokens - (r.stop_reason == "eos"))]
@@ -91,6 +98,7 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
                 answer = prompts.at[r.prompt_id, "answer"]
                 rows.append(dict(rollout_id=r.rollout_id, prompt_id=r.prompt_id, depth=depth,
                                  prefix_len=len(prefix), T=int(r.n_tokens), continuer=who,
+                                 student_failed=bool(r._failed),
                                  sample=s, stop_reason=reason, correct=bool(verifier(text, answer))))
     df = pd.DataFrame(rows)
     RunWriter(run.path, run.meta).write_shard("continuations", "00000", df)

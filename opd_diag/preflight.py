@@ -47,15 +47,18 @@ EXIT_CODES = {"GO": 0, "CAUTION": 3, "NO-GO": 4}
 class Thresholds:
     """Decision thresholds (NO-GO below/above the first, CAUTION for the second)."""
 
-    compat_nogo: float = 0.5
-    compat_caution: float = 0.8
+    compat_nogo: float = 0.8
+    compat_caution: float = 0.95
     template_caution: float = 0.9
     unreachable_nogo: float = 0.4
     unreachable_caution: float = 0.25
-    novelty_nogo: float = 0.0
-    novelty_caution: float = 0.05
+    novelty_margin: float = 0.02
     auroc_drop: float = 0.05
-    provenance: str = "defaults (not yet calibrated)"
+    provenance: str = (
+        "calibrated on the 7 zoo pairs (reports/preflight-validation.md): compatible pairs score "
+        ">= 0.999, the incompatible-style teacher 0.57, the misaligned template 0.31; the share "
+        "of KL out of reach is 0.00-0.16 where reverse-KL OPD can work and 0.51-0.95 where it "
+        "stalled or collapsed")
 
 
 @dataclass
@@ -149,11 +152,14 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
         "start")
     if novelty is not None:
         n = _value(novelty, metric="novelty_score")
+        lo, hi = _value(novelty, metric="novelty_ci_low"), _value(novelty, metric="novelty_ci_high")
         add("teacher novelty", "novelty_score", n,
-            "NO-GO" if n <= th.novelty_nogo else "CAUTION" if n < th.novelty_caution else "GO",
-            f"NO-GO <= {th.novelty_nogo}, CAUTION < {th.novelty_caution}",
+            "NO-GO" if hi <= th.novelty_margin else "GO" if lo > 0 else "CAUTION",
+            f"95% CI [{lo:.3f}, {hi:.3f}]: GO if it excludes 0, NO-GO if its upper end is "
+            f"<= {th.novelty_margin} (the teacher is confidently no better), CAUTION otherwise",
             "no capability beyond the student at its own states: choose a teacher post-trained "
-            "beyond the student's pipeline (e.g. RL on the target domain)")
+            "beyond the student's pipeline (e.g. RL on the target domain); if inconclusive, "
+            "raise --budget")
     else:
         add("teacher novelty", "novelty_score", np.nan, "CAUTION", "needs prompts with answers",
             "give prompts with answers (and a verifier) to measure novelty")

@@ -139,7 +139,8 @@ def test_decide_rules():
     thinking = pd.DataFrame(dict(component=["compatibility_score", "template_top1_agreement"],
                                  value=[0.3, 0.5]))
     reach = pd.DataFrame(dict(rkl_share_unreachable=[0.5], unreachable_p=[1e-3]))
-    novelty = pd.DataFrame(dict(metric=["novelty_score"], value=[0.2]))
+    novelty = pd.DataFrame(dict(metric=["novelty_score", "novelty_ci_low", "novelty_ci_high"],
+                                value=[0.2, 0.1, 0.3]))
     horizon = pd.DataFrame(dict(section=["summary", "auroc", "auroc"], key=["", "0", "1"],
                                 metric=["recommended_max_len", "auroc_rbar", "auroc_rbar"],
                                 value=[40.0, 0.8, 0.6]))

@@ -24,8 +24,8 @@ from ..runs import Run
 from . import register_probe
 
 SCORE_RULE = ("novelty = teacher-minus-student continuation accuracy from the student's own "
-              "shallowest prefixes (lower 95% CI bound, floored at 0); without continuations, the "
-              "teacher-exclusive solve rate")
+              "shallowest prefixes, on the student's failed rollouts first (mean, with its 95% "
+              "bootstrap CI); without continuations, the teacher-exclusive solve rate")
 
 
 def bootstrap_mean_ci(x: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float]:
@@ -111,9 +111,12 @@ def novelty_probe(run: Run) -> pd.DataFrame:
             "continuations or reference scores — run `opd-diag preflight` with prompts that have "
             "answers, or pass --reference")
     if len(adv):
-        score = max(0.0, float(adv.iloc[0].ci_low))
+        first = adv.iloc[0]
+        score, lo, hi = float(first.advantage), float(first.ci_low), float(first.ci_high)
     else:
         ex = {r["metric"]: r["value"] for r in rows if r["section"] == "exclusive"}
-        score = ex.get("teacher_exclusive_rate", np.nan)
+        score = lo = hi = ex.get("teacher_exclusive_rate", np.nan)
     rows.append(dict(section="score", key="", metric="novelty_score", value=score))
+    rows.append(dict(section="score", key="", metric="novelty_ci_low", value=lo))
+    rows.append(dict(section="score", key="", metric="novelty_ci_high", value=hi))
     return pd.DataFrame(rows)

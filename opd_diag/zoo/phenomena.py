@@ -83,7 +83,8 @@ def collect(root: str | Path = "runs/examples") -> pd.DataFrame:
         None if np.isnan(o_i) else bool(min(o_s, o_n) > o_i))
     f, last = val("opd-success", "overlap_ratio@first"), val("opd-success", "overlap_ratio@last")
     add(3, "success signature: overlap ratio rises", "0.72 -> >0.91",
-        f"{_fmt(f)} -> {_fmt(last)}", None if np.isnan(f) else bool(last > f))
+        f"{_fmt(f)} -> {_fmt(last)} (k=16; the top-1/top-4 sets are already shared at step 0)",
+        None if np.isnan(f) else bool(last > f + 0.02))
     e0, e1 = val("opd-success", "eq7_advantage@first"), val("opd-success", "eq7_advantage@last")
     i0, i1 = val("opd-incompatible", "eq7_advantage@first"), val("opd-incompatible",
                                                                     "eq7_advantage@last")
@@ -164,20 +165,22 @@ def collect(root: str | Path = "runs/examples") -> pd.DataFrame:
         f"{_fmt(ca)}", None if np.isnan(c0) else bool(c0 > c1 and ca > ia))
     ta0, tm0 = val("opd-template-aligned", "overlap_ratio@first"), val(
         "opd-template-misaligned", "overlap_ratio@first")
-    tar, tmr = val("opd-template-aligned", "gap_recovery/5d"), val("opd-template-misaligned",
-                                                                    "gap_recovery/5d")
-    add(16, "teacher-aligned template raises initial overlap and recovery", "~80% -> ~85%",
-        f"step-0 overlap {_fmt(tm0)} (misaligned) vs {_fmt(ta0)} (aligned); recovery "
-        f"{_fmt(tmr)} vs {_fmt(tar)}", None if np.isnan(ta0) else bool(ta0 > tm0 and tar > tmr))
+    taa, tma = val("opd-template-aligned", "acc_after/5d"), val("opd-template-misaligned",
+                                                                "acc_after/5d")
+    add(16, "teacher-aligned template raises initial overlap and the OPD outcome", "~80% -> ~85%",
+        f"step-0 overlap {_fmt(tm0)} (misaligned) vs {_fmt(ta0)} (aligned); 5d accuracy after "
+        f"OPD {_fmt(tma)} vs {_fmt(taa)} (teacher-a never saw the `question` template)",
+        None if np.isnan(ta0) else bool(ta0 > tm0 and taa > tma))
     add(17, "content alignment: lower overlap, higher overlap mass, lower entropy",
         "as stated", "no content-aligned prompt pool in the zoo", None)
     tl = _probe(root, "success", "token_level")
     if tl is not None:
         get = tl.set_index("metric").value
+        noise, conflict = get.get("wrong_sign_rate_all", np.nan), get.get("conflict_rate", np.nan)
         add(18, "related work: teacher noise on answer tokens, reward/outcome conflicts",
-            "noise 30-50% (OPSA); conflicts 49-68% of trajectories (RA-OPD)",
-            f"success pair: wrong-sign rate on answer tokens {_fmt(get.get('wrong_sign_rate_all'))}"
-            f", conflict rate {_fmt(get.get('conflict_rate'))}", None)
+            "noise 30.6-50.6% (OPSA); conflicts 48.6-68.2% of trajectories (RA-OPD)",
+            f"success pair: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
+            f"{_fmt(conflict)}", bool(0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682))
     else:
         add(18, "related-work token checks", "see opd-paper.md §6", NOT_RUN, None)
     return pd.DataFrame(rows, columns=["id", "phenomenon", "paper", "ours", "reproduced"])

@@ -31,12 +31,13 @@ class ValidationRun:
     template: str | None = None  # prompt template (default: the pair's)
     teacher: str | None = None  # override (alt teacher)
     coldstart: bool = False  # start from the student cold-started on the teacher's rollouts
+    lr: float | None = None  # override the pair's OPD learning rate
 
 
 RUNS: tuple[ValidationRun, ...] = (
     ValidationRun("opd-success", "success", steps=200),
     ValidationRun("opd-out-of-reach", "out-of-reach"),
-    ValidationRun("opd-out-of-reach-fkl", "out-of-reach", objective="forward_kl"),
+    ValidationRun("opd-out-of-reach-fkl", "out-of-reach", objective="forward_kl", lr=1e-3),
     ValidationRun("opd-incompatible", "incompatible", steps=100),
     ValidationRun("opd-incompatible-coldstart", "incompatible", steps=100, coldstart=True),
     ValidationRun("opd-no-novelty", "no-novelty", steps=200),
@@ -94,7 +95,7 @@ def run_one(root: str | Path, spec: ValidationRun, progress: bool = False) -> Pa
     template = spec.template or zp.template
     evals = validate_prompts(zp.eval_sets(100, template=template))
     cfg = resolve_config(preset="cpu-zoo", overrides={
-        "objective": spec.objective, "steps": spec.steps, "lr": zp.hyper.lr,
+        "objective": spec.objective, "steps": spec.steps, "lr": spec.lr or zp.hyper.lr,
         "eval_every": 25, "ckpt_every": 50, "states_every": 5, "checker": f"task:{zp.task}",
         "max_new_tokens": zp.hyper.max_new_tokens})
     return train(pair, validate_prompts(zp.prompts(1024, template=template)), out, cfg,

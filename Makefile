@@ -24,7 +24,8 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt
 	  $(PIP) install -q "torch>=2.4"; \
 	else \
 	  echo "[setup] no GPU: installing CPU torch $(TORCH_CPU_VERSION)"; \
-	  $(PIP) install -q "torch==$(TORCH_CPU_VERSION)" --index-url $(TORCH_CPU_INDEX) \
+	  $(PIP) install -q --retries 0 --timeout 15 "torch==$(TORCH_CPU_VERSION)" \
+	    --index-url $(TORCH_CPU_INDEX) \
 	    || $(PIP) install -q "torch==$(TORCH_CPU_VERSION)"; \
 	fi
 	$(PIP) install -q -c constraints.txt -e ".[test]"

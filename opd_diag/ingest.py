@@ -35,7 +35,6 @@ produced (e.g. "ab" sampled as "a"+"b"); only ``*_ids`` fields rule that out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from .capture import CaptureConfig
 from .errors import OpdDiagError
 from .models import Pair
 from .pipeline import capture_rollouts, rollout_id
+from .prompts import read_jsonl_objects
 from .rollout import eos_token_ids, render_prompt
 from .runs import open_run
 
@@ -81,18 +81,7 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...], where: str, fmt: str) -> N
 
 
 def _read_jsonl_file(path: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise OpdDiagError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise OpdDiagError(f"{path}:{i}: expected a JSON object")
-        rows.append({**row, "source": f"{path.name}:{i}"})
-    return rows
+    return [{**row, "source": f"{path.name}:{i}"} for i, row in read_jsonl_objects(path)]
 
 
 def read_trl(path: Path) -> pd.DataFrame:

@@ -207,7 +207,7 @@ def run_preflight(
     out = Path(out)
     run_capture(pair, prompts, out, sampling=sampling, capture=capture, overwrite=True,
                 progress=progress, verifier=verifier,
-                extra_meta={"kind_detail": "preflight", "preflight": _jsonable(asdict(cfg))})
+                extra_meta={"kind_detail": "preflight", "preflight": asdict(cfg)})
     has_answers = verifier is not None and prompts["answer"].notna().any()
     if has_answers:  # a capture with the roles swapped: data-parallel like the first one
         t_prompts = prompts if teacher_prompts is None else prompts.assign(prompt=teacher_prompts)
@@ -252,14 +252,6 @@ def _read_verdict(out: Path) -> Verdict:
 
     data = json.loads((out / "verdict.json").read_text())
     return Verdict(data["verdict"], pd.DataFrame(data["conditions"]), out, data["seconds"])
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def load_verdict(run: Run) -> pd.DataFrame:

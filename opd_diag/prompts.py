@@ -12,7 +12,8 @@ from .errors import OpdDiagError
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def read_jsonl_objects(path: Path, hint: str = "") -> list[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file; specific errors."""
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -22,9 +23,13 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         except json.JSONDecodeError as exc:
             raise OpdDiagError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise OpdDiagError(f"{path}:{lineno}: expected a JSON object with a 'prompt' key")
-        rows.append(row)
-    return pd.DataFrame(rows)
+            raise OpdDiagError(f"{path}:{lineno}: expected a JSON object{hint}")
+        rows.append((lineno, row))
+    return rows
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([row for _, row in read_jsonl_objects(path, " with a 'prompt' key")])
 
 
 def load_prompts(path: str | Path) -> pd.DataFrame:

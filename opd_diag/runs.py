@@ -357,6 +357,12 @@ class Run:
         return (self.path / "aux" / name / "run.json").is_file()
 
 
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` holds a run whose writer finished (``status: complete``)."""
+    meta = Path(path) / "run.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
+
+
 def load_run(path: str | Path) -> Run:
     """Open a run directory written by capture or by the OPD loop."""
     path = Path(path)

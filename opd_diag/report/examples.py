@@ -17,7 +17,6 @@ The notebooks read the same run directories by default.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,8 +46,9 @@ def _cli(argv: list[str]) -> int:
 
 
 def _complete(path: Path) -> bool:
-    meta = path / "run.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
+    from ..runs import is_complete
+
+    return is_complete(path)
 
 
 def _write_jsonl(df, path: Path) -> Path:

@@ -11,7 +11,6 @@ metrics) that ``reports/zoo-phenomena.md`` and the pre-flight validation read.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,9 @@ RUNS: tuple[ValidationRun, ...] = (
 
 
 def _complete(path: Path) -> bool:
-    meta = path / "run.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("status") == "complete"
+    from ..runs import is_complete
+
+    return is_complete(path)
 
 
 def coldstart_dir(root: Path, pair: str) -> Path:

@@ -1,12 +1,15 @@
 """Pre-flight on every zoo pair vs the pair's measured OPD outcome (issue: probes + preflight).
 
 For each pair: ``opd-diag preflight --pair NAME`` (default budget, timed), its verdict and
-components, joined with the outcome measured by real OPD runs (``opd-diag zoo validate`` →
-``runs/examples/zoo-validation.csv``). Writes ``reports/preflight-validation.csv`` and ``.md``.
+components, joined with the outcome measured by real OPD runs (``python -m opd_diag.zoo.validate``
+→ ``runs/examples/zoo-validation.csv``, else the committed ``reports/zoo-validation.csv``).
 Agreement rule: a pair whose OPD run closes ≥ 50% of a real 5-digit gap must get GO; a pair
 whose run closes < 20% of it, regresses, or has no gap to close must get NO-GO or CAUTION.
+``--seeds`` repeats every pre-flight with other sampling seeds: a verdict that flips with the
+seed is not one to gate a training script on. Writes ``reports/preflight-validation.csv`` (one
+row per pair and seed) and ``.md``.
 
-    python benchmarks/preflight_validation.py [--runs runs/examples] [--out reports]
+    python benchmarks/preflight_validation.py [--runs runs/examples] [--out reports] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -23,75 +26,113 @@ import torch
 OUTCOME_RUN = {"success": "opd-success", "out-of-reach": "opd-out-of-reach",
                "incompatible": "opd-incompatible", "no-novelty": "opd-no-novelty",
                "reverse": "opd-reverse", "template": "opd-template-misaligned"}
+NOVELTY = ("novelty_ci_low", "novelty_ci_high", "n_prompts", "n_frontier_prompts",
+           "acc_teacher_frontier", "acc_student_frontier")
+
+
+def outcome(o: pd.Series) -> dict:
+    gap = o["acc_teacher/5d"] - o["acc_before/5d"]
+    gained = o["acc_after/5d"] - o["acc_before/5d"]
+    # OPD worked: the teacher was ahead and the student closed >= half of the gap
+    worked = gap > 0.05 and o["gap_recovery/5d"] >= 0.5
+    # OPD failed: no gap to close, or the student gained < 20% of it (or regressed)
+    failed = gap <= 0.05 or o["gap_recovery/5d"] < 0.2 or gained < 0
+    return {"acc5d_before": o["acc_before/5d"], "acc5d_after": o["acc_after/5d"],
+            "acc5d_teacher": o["acc_teacher/5d"], "gap_recovery_5d": o["gap_recovery/5d"],
+            "outcome": "worked" if worked else "failed" if failed else "partial"}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/examples")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--pairs", nargs="*")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     args = ap.parse_args()
     torch.set_num_threads(2)
     from opd_diag.cli import main as cli
+    from opd_diag.runs import load_run
     from opd_diag.zoo import list_pairs, model_dir
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     val_csv = runs / "zoo-validation.csv"
-    outcomes = pd.read_csv(val_csv).set_index("run") if val_csv.exists() else pd.DataFrame()
+    if not val_csv.exists():  # the committed outcomes of the last `python -m opd_diag.zoo.validate`
+        val_csv = Path(__file__).resolve().parents[1] / "reports" / "zoo-validation.csv"
+    outcomes = pd.read_csv(val_csv).set_index("run")
     rows = []
     for zp in list_pairs():
         if args.pairs and zp.name not in args.pairs:
             continue
-        pf = runs / f"preflight-{zp.name}"
-        t0 = time.perf_counter()
-        extra = []
-        for alt in zp.alt_teachers:  # e.g. reverse: is the same-pipeline teacher any different?
-            extra += ["--reference", str(model_dir(alt))]
-        code = cli(["--quiet", "preflight", "--pair", zp.name, "--out", str(pf), *extra])
-        wall = time.perf_counter() - t0
-        verdict = json.loads((pf / "verdict.json").read_text())
-        row = {"pair": zp.name, "verdict": verdict["verdict"], "exit_code": code,
-               "preflight_seconds": round(wall, 1)}
-        for c in verdict["conditions"]:
-            row[f"{c['condition']}"] = f"{c['status']} ({c['metric']}={c['value']:.3f})" \
-                if c["value"] == c["value"] else c["status"]
-        run = OUTCOME_RUN.get(zp.name)
-        if run and run in outcomes.index:
-            o = outcomes.loc[run]
-            row["opd_run"] = run
-            row["acc5d_before"], row["acc5d_after"] = o["acc_before/5d"], o["acc_after/5d"]
-            row["acc5d_teacher"] = o["acc_teacher/5d"]
-            row["gap_recovery_5d"] = o["gap_recovery/5d"]
-            gap = o["acc_teacher/5d"] - o["acc_before/5d"]
-            gained = o["acc_after/5d"] - o["acc_before/5d"]
-            # OPD worked: the teacher was ahead and the student closed >= half of the gap
-            worked = gap > 0.05 and o["gap_recovery/5d"] >= 0.5
-            # OPD failed: no gap to close, or the student gained < 20% of it (or regressed)
-            failed = gap <= 0.05 or o["gap_recovery/5d"] < 0.2 or gained < 0
-            row["outcome"] = "worked" if worked else "failed" if failed else "partial"
-            row["agrees"] = (worked and verdict["verdict"] == "GO") or (
-                failed and verdict["verdict"] != "GO") or not (worked or failed)
-        rows.append(row)
-        print(f"[preflight-validation] {zp.name}: {verdict['verdict']} in {wall:.0f} s", flush=True)
+        for seed in args.seeds:
+            pf = runs / f"preflight-{zp.name}" if seed == 0 else runs / f"preflight-{zp.name}-s{seed}"
+            extra = []
+            for alt in zp.alt_teachers:  # e.g. reverse: is the same-pipeline teacher any different?
+                extra += ["--reference", str(model_dir(alt))]
+            t0 = time.perf_counter()
+            code = cli(["--quiet", "preflight", "--pair", zp.name, "--out", str(pf),
+                        "--seed", str(seed), *extra])
+            wall = time.perf_counter() - t0
+            verdict = json.loads((pf / "verdict.json").read_text())
+            row = {"pair": zp.name, "seed": seed, "verdict": verdict["verdict"], "exit_code": code,
+                   "preflight_seconds": round(wall, 1)}
+            for c in verdict["conditions"]:
+                row[c["condition"]] = f"{c['status']} ({c['metric']}={c['value']:.3f})" \
+                    if c["value"] == c["value"] else c["status"]
+            nov = load_run(pf).probe("novelty")
+            nov = nov[nov.section.isin(["frontier", "score"])].set_index("metric").value
+            row.update({m: float(nov[m]) for m in NOVELTY if m in nov})
+            run = OUTCOME_RUN.get(zp.name)
+            if run and run in outcomes.index:
+                row["opd_run"] = run
+                row.update(outcome(outcomes.loc[run]))
+                row["agrees"] = {"worked": verdict["verdict"] == "GO",
+                                 "failed": verdict["verdict"] != "GO"}.get(row["outcome"], True)
+            rows.append(row)
+            print(f"[preflight-validation] {zp.name} seed {seed}: {verdict['verdict']} in "
+                  f"{wall:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(out / "preflight-validation.csv", index=False)
     (out / "preflight-validation.md").write_text(render(df))
-    print(df.T.to_string())
+    print(df[df.seed == df.seed.min()].T.to_string())
 
 
 def render(df: pd.DataFrame) -> str:
     from opd_diag.zoo.phenomena import markdown_table
 
+    first = df[df.seed == df.seed.min()].drop(columns=["seed"])
+    main_cols = ["pair", "verdict", "exit_code", "preflight_seconds", "thinking compatibility",
+                 "template alignment", "reachability", "teacher novelty", "novelty_ci_low",
+                 "novelty_ci_high", "n_frontier_prompts", "acc_teacher_frontier",
+                 "acc_student_frontier", "horizon", "opd_run", "acc5d_before", "acc5d_after",
+                 "acc5d_teacher", "gap_recovery_5d", "outcome", "agrees"]
+    judged = first.dropna(subset=["outcome"]) if "outcome" in first else first.iloc[:0]
     lines = ["# Pre-flight verdicts vs measured OPD outcomes on the zoo", "",
-             "Generated by `python benchmarks/preflight_validation.py` from "
-             "`reports/preflight-validation.csv`; the OPD outcomes come from "
-             "`python -m opd_diag.zoo.validate` (reverse-KL OPD, `cpu-zoo` preset).", "",
+             "Generated by `python benchmarks/preflight_validation.py` (default budget, "
+             "2 CPU threads) into `reports/preflight-validation.csv`; the OPD outcomes come "
+             "from `python -m opd_diag.zoo.validate` (reverse-KL OPD, `cpu-zoo` preset, "
+             "`reports/zoo-validation.csv`).", "",
              "Outcome: *worked* when the teacher was ahead on 5-digit sums and the student closed "
              "≥ 50% of the gap; *failed* when there was no gap to close (the teacher is not "
              "better), the student closed < 20% of it, or it regressed. A verdict agrees when a "
              "run that worked got GO and a run that failed got CAUTION or NO-GO.", "",
-             markdown_table(df), ""]
+             f"**{int(judged.agrees.sum())} of {len(judged)} judged pairs agree** "
+             f"(seed {int(df.seed.min())}).", "",
+             markdown_table(first[[c for c in main_cols if c in first]]), ""]
+    if df.seed.nunique() > 1:
+        seeds = df.pivot_table(index="pair", columns="seed", values="verdict", aggfunc="first",
+                               sort=False)
+        lo = df.pivot_table(index="pair", columns="seed", values="novelty_ci_low",
+                            aggfunc="first", sort=False)
+        table = pd.DataFrame({f"seed {s}": seeds[s] + " (novelty CI low " +
+                              lo[s].map("{:.3f}".format) + ")" for s in seeds.columns})
+        table.insert(0, "pair", table.index)
+        agree = df.dropna(subset=["outcome"]) if "outcome" in df else df.iloc[:0]
+        lines += ["## Across sampling seeds", "",
+                  f"The same pre-flight with `--seed` {', '.join(map(str, seeds.columns))}: "
+                  f"{int(agree.agrees.sum())} of {len(agree)} (pair, seed) verdicts agree with "
+                  "the pair's OPD outcome.", "", markdown_table(table.reset_index(drop=True)), ""]
     return "\n".join(lines)
 
 

@@ -34,8 +34,7 @@ def run_demo(out: str | Path, steps: int = 30, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         pair = load_pair(model_dir(zp.student), model_dir(zp.teacher))
         refs = {r: load_model(model_dir(r), role="reference") for r in zp.references}
-        cfg = PreflightConfig(n_prompts=16, n_samples=2, max_new_tokens=zp.hyper.max_new_tokens,
-                              max_continuation_rollouts=8)
+        cfg = PreflightConfig.budget("small", max_new_tokens=zp.hyper.max_new_tokens)
         v = run_preflight(pair, validate_prompts(zp.prompts(16)), out / f"preflight-{name}",
                           config=cfg, verifier=make_verifier(f"task:{zp.task}").check,
                           references=refs)

@@ -10,6 +10,9 @@ run so the probes stay pure table functions:
   part of the novelty probe.
 * ``continuations.parquet/`` — student rollouts truncated at several depths and continued by
   the teacher and by the student (the paper's teacher-continuation probe, §6.1).
+* ``frontier.parquet/`` — a second stage of fresh samples from the prompt by both models, on
+  the student's *frontier*: the prompts whose first-stage samples were not all alike (the
+  novelty probe's main estimate; see :func:`frontier_samples`).
 * ``references.parquet/`` — on the student's states, the teacher and each reference model
   (e.g. the student's own base, a same-pipeline model) scored side by side.
 * ``template.parquet/`` — the teacher's first completion tokens under its own prompt rendering
@@ -30,7 +33,8 @@ from .divergences import kl
 from .errors import OpdDiagError
 from .models import LoadedModel, Pair
 from .pipeline import Verifier, run_capture
-from .rollout import SamplingConfig, eos_token_ids, render_prompt, sample_batch
+from .probes.novelty import first_stage_outcomes, frontier_prompts
+from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
 from .runs import Run, RunWriter
 
 
@@ -102,6 +106,56 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
                                  sample=s, stop_reason=reason, correct=bool(verifier(text, answer))))
     df = pd.DataFrame(rows)
     RunWriter(run.path, run.meta).write_shard("continuations", "00000", df)
+    return df
+
+
+def frontier_samples(pair: Pair, run: Run, *, n_samples: int, verifier: Verifier,
+                     sampling: SamplingConfig, batch_size: int = 32,
+                     max_total: int | None = None) -> pd.DataFrame:
+    """Second stage of the novelty estimate: ``n_samples`` fresh samples per model from each
+    frontier prompt (depth 0, the run's rendering). ``max_total`` caps the samples per model:
+    with many frontier prompts each gets ``max(2, max_total // n_frontier)`` instead.
+
+    Frontier prompts are chosen from the first-stage samples only (:func:`frontier_prompts`),
+    and the second-stage samples are new draws, so their accuracies are unbiased for those
+    prompts (two-phase sampling; re-using the first-stage samples would bias the gap upward,
+    since a prompt is selected *because* one model failed there). Teacher and student share a
+    seed per (prompt, sample) — common random numbers, which lowers the variance of their
+    difference — and the seeds differ from the first stage's.
+
+    Returns one row per (prompt, model, sample) and writes ``frontier.parquet``; a run with no
+    frontier prompt gets an empty table with the right columns.
+    """
+    if n_samples <= 0:
+        raise OpdDiagError(f"frontier samples per prompt must be positive, got {n_samples}")
+    first, same = first_stage_outcomes(run)
+    if len(first) == 0:
+        raise OpdDiagError("frontier samples need prompts with answers (an 'answer' column) "
+                           "and a verifier")
+    pids = frontier_prompts(first, same)
+    if max_total is not None and pids:
+        n_samples = max(2, min(n_samples, max_total // len(pids)))
+    prompts = run.prompts.set_index("prompt_id")
+    offset = int(run.rollouts.sample_idx.max()) + 1  # stage-2 seeds never repeat a stage-1 seed
+    jobs = [(pid, s) for pid in pids for s in range(n_samples)]
+    rows = []
+    tok = pair.tokenizer
+    for who, model in (("teacher", pair.teacher), ("student", pair.student)):
+        for lo in range(0, len(jobs), batch_size):
+            batch = jobs[lo: lo + batch_size]
+            ids = [list(prompts.at[pid, "input_ids"]) for pid, _ in batch]
+            seeds = [row_seed(sampling.seed, pid, offset + s) for pid, s in batch]
+            outs = sample_batch(model.model, ids, seeds, sampling, pad_id=tok.pad_token_id,
+                                eos_ids=eos_token_ids(model.model, tok),
+                                vocab_limit=pair.compare_vocab)
+            for (pid, s), (comp, reason) in zip(batch, outs, strict=True):
+                text = tok.decode(comp, skip_special_tokens=True)
+                rows.append(dict(prompt_id=pid, model=who, sample=s, n_tokens=len(comp),
+                                 stop_reason=reason,
+                                 correct=bool(verifier(text, prompts.at[pid, "answer"]))))
+    df = pd.DataFrame(rows, columns=["prompt_id", "model", "sample", "n_tokens", "stop_reason",
+                                     "correct"])
+    RunWriter(run.path, run.meta).write_shard("frontier", "00000", df)
     return df
 
 

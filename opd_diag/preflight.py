@@ -24,6 +24,7 @@ table record the values used.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,10 +56,12 @@ class Thresholds:
     novelty_margin: float = 0.02
     auroc_drop: float = 0.05
     provenance: str = (
-        "calibrated on the 7 zoo pairs (reports/preflight-validation.md): compatible pairs score "
-        ">= 0.999, the incompatible-style teacher 0.57, the misaligned template 0.31; the share "
-        "of KL out of reach is 0.00-0.16 where reverse-KL OPD can work and 0.51-0.95 where it "
-        "stalled or collapsed")
+        "calibrated on the 7 zoo pairs, default budget, seeds 0-2 "
+        "(reports/preflight-validation.md): compatible pairs score >= 0.999, the "
+        "incompatible-style teacher 0.57-0.58, the misaligned template 0.29-0.33; the share of "
+        "KL out of reach is 0.00-0.20 where reverse-KL OPD can work and 0.45-0.95 where it "
+        "stalled or collapsed; the novelty CI's lower end is 0.006-0.48 for teachers OPD "
+        "learned from, its upper end -0.16 to -0.69 for teachers worse than the student")
 
 
 @dataclass
@@ -71,9 +74,13 @@ class PreflightConfig:
         max_new_tokens / temperature / top_k / seed: as in capture.
         depths: prefix fractions for the continuation probe; n_continue samples each.
         max_continuation_rollouts: student rollouts continued.
+        n_frontier: second-stage samples per model on each frontier prompt (the prompts whose
+            first-stage samples were not all alike): the novelty score's main evidence.
+        max_frontier_samples: cap on second-stage samples per model (fewer per prompt when
+            most prompts are on the frontier).
     """
 
-    n_prompts: int = 32
+    n_prompts: int = 64
     n_samples: int = 4
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -82,14 +89,37 @@ class PreflightConfig:
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
     n_continue: int = 2
     max_continuation_rollouts: int = 16
+    n_frontier: int = 16
+    max_frontier_samples: int = 512
     batch_size: int = 32
     thresholds: Thresholds = field(default_factory=Thresholds)
 
+    @classmethod
+    def budget(cls, name: str = "default", **overrides) -> PreflightConfig:
+        """The named budget (:data:`BUDGETS`) with ``overrides``; ``None`` values are ignored."""
+        if name not in BUDGETS:
+            raise OpdDiagError(f"unknown budget {name!r}; valid budgets: {', '.join(BUDGETS)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**BUDGETS[name], **given})
+
     def __post_init__(self) -> None:
-        if self.n_prompts <= 0 or self.n_samples <= 0:
-            raise OpdDiagError("preflight budget: n_prompts and n_samples must be positive")
+        if self.n_prompts <= 0 or self.n_samples <= 0 or self.n_frontier <= 0:
+            raise OpdDiagError("preflight budget: n_prompts, n_samples and n_frontier must be "
+                               f"positive (got {self.n_prompts}, {self.n_samples}, "
+                               f"{self.n_frontier})")
         if any(not 0 <= d < 1 for d in self.depths):
             raise OpdDiagError(f"continuation depths must lie in [0, 1), got {self.depths}")
+
+
+# Named pre-flight budgets (``--budget``); "default" is PreflightConfig's own defaults.
+BUDGETS: dict[str, dict] = {
+    "small": dict(n_prompts=16, n_samples=2, max_continuation_rollouts=8, n_continue=2,
+                  n_frontier=8, max_frontier_samples=128),
+    "default": dict(n_prompts=64, n_samples=4, max_continuation_rollouts=16, n_continue=2,
+                    n_frontier=16, max_frontier_samples=512),
+    "large": dict(n_prompts=128, n_samples=8, max_continuation_rollouts=64, n_continue=4,
+                  n_frontier=32, max_frontier_samples=2048),
+}
 
 
 @dataclass
@@ -158,8 +188,8 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
             f"95% CI [{lo:.3f}, {hi:.3f}]: GO if it excludes 0, NO-GO if its upper end is "
             f"<= {th.novelty_margin} (the teacher is confidently no better), CAUTION otherwise",
             "no capability beyond the student at its own states: choose a teacher post-trained "
-            "beyond the student's pipeline (e.g. RL on the target domain); if inconclusive, "
-            "raise --budget")
+            "beyond the student's pipeline (e.g. RL on the target domain), or prompts the "
+            "student does not already solve; if inconclusive, raise --budget / --n-frontier")
     else:
         add("teacher novelty", "novelty_score", np.nan, "CAUTION", "needs prompts with answers",
             "give prompts with answers (and a verifier) to measure novelty")
@@ -197,6 +227,14 @@ def run_preflight(
     """Capture, generate what the probes need, run them, decide. Writes a run directory."""
     cfg = config or PreflightConfig()
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}  # wall seconds per stage, written to verdict.json
+
+    @contextmanager
+    def stage(name: str):
+        start = time.perf_counter()
+        yield
+        stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - start, 3)
+
     prompts = prompts.head(cfg.n_prompts).reset_index(drop=True)
     if teacher_prompts is not None:
         teacher_prompts = list(teacher_prompts)[: cfg.n_prompts]
@@ -205,13 +243,15 @@ def run_preflight(
                               seed=cfg.seed, raw_prompt=raw_prompt)
     capture = CaptureConfig(top_k=cfg.top_k)
     out = Path(out)
-    run_capture(pair, prompts, out, sampling=sampling, capture=capture, overwrite=True,
-                progress=progress, verifier=verifier,
-                extra_meta={"kind_detail": "preflight", "preflight": asdict(cfg)})
+    with stage("student_capture"):
+        run_capture(pair, prompts, out, sampling=sampling, capture=capture, overwrite=True,
+                    progress=progress, verifier=verifier,
+                    extra_meta={"kind_detail": "preflight", "preflight": asdict(cfg)})
     has_answers = verifier is not None and prompts["answer"].notna().any()
     if has_answers:  # a capture with the roles swapped: data-parallel like the first one
         t_prompts = prompts if teacher_prompts is None else prompts.assign(prompt=teacher_prompts)
-        extra.teacher_rollouts(pair, t_prompts, out, sampling, capture, verifier)
+        with stage("teacher_capture"):
+            extra.teacher_rollouts(pair, t_prompts, out, sampling, capture, verifier)
     ctx = distributed.context()
     if not ctx.is_main:
         # Under torchrun both captures are data-parallel; the small generations below and the
@@ -223,24 +263,33 @@ def run_preflight(
         not raw_prompt and getattr(pair.teacher.tokenizer, "chat_template", None)
         != getattr(pair.student.tokenizer, "chat_template", None))
     if different_template:
-        extra.template_check(pair, run, teacher_prompts, raw_prompt)
+        with stage("template_check"):
+            extra.template_check(pair, run, teacher_prompts, raw_prompt)
     if has_answers:
-        extra.continuations(pair, run, depths=cfg.depths, n_continue=cfg.n_continue,
-                            max_rollouts=cfg.max_continuation_rollouts, verifier=verifier,
-                            sampling=sampling, batch_size=cfg.batch_size)
+        with stage("continuations"):
+            extra.continuations(pair, run, depths=cfg.depths, n_continue=cfg.n_continue,
+                                max_rollouts=cfg.max_continuation_rollouts, verifier=verifier,
+                                sampling=sampling, batch_size=cfg.batch_size)
+        with stage("frontier_samples"):
+            extra.frontier_samples(pair, run, n_samples=cfg.n_frontier, verifier=verifier,
+                                   sampling=sampling, batch_size=cfg.batch_size,
+                                   max_total=cfg.max_frontier_samples)
     if references:
-        extra.reference_scores(pair, run, references)
+        with stage("reference_scores"):
+            extra.reference_scores(pair, run, references)
     run = load_run(out)
-    tables = {name: run_probe(name, run) for name in ("overlap", "thinking", "reachability",
-                                                       "horizon", "token_level")}
-    novelty = run_probe("novelty", run) if has_answers or references else None
+    with stage("probes"):
+        tables = {name: run_probe(name, run) for name in ("overlap", "thinking", "reachability",
+                                                           "horizon", "token_level")}
+        novelty = run_probe("novelty", run) if has_answers or references else None
     table = decide(tables["thinking"], tables["reachability"], novelty, tables["horizon"],
                    cfg.thresholds, cfg.max_new_tokens)
     verdict = overall(table)
     seconds = time.perf_counter() - t0
     RunWriter(run.path, run.meta).write_probe("verdict", table.assign(verdict=verdict))
     write_json(out / "verdict.json", {"verdict": verdict, "exit_code": EXIT_CODES[verdict],
-                                      "seconds": seconds, "thresholds": asdict(cfg.thresholds),
+                                      "seconds": seconds, "stage_seconds": stages,
+                                      "thresholds": asdict(cfg.thresholds),
                                       "conditions": table.to_dict(orient="records")})
     if ctx.active:
         distributed.barrier(ctx)

@@ -6,13 +6,6 @@ import argparse
 
 from .errors import OpdDiagError
 
-BUDGETS = {
-    # name: n_prompts, n_samples, max_continuation_rollouts, n_continue
-    "small": (16, 2, 8, 2),
-    "default": (32, 4, 16, 2),
-    "large": (128, 8, 64, 4),
-}
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -39,10 +32,14 @@ def register(sub) -> None:
                      help="how the teacher expects prompts, a format string with {prompt} "
                      "(default: the teacher's chat template when it differs from the student's)")
     b = p.add_argument_group("budget")
-    b.add_argument("--budget", choices=list(BUDGETS), default="default",
-                   help="small: 16 prompts x 2; default: 32 x 4; large: 128 x 8")
+    b.add_argument("--budget", choices=["small", "default", "large"], default="default",
+                   help="small: 16 prompts x 2 samples, 8 more per model on frontier prompts; "
+                   "default: 64 x 4, 16 more; large: 128 x 8, 32 more")
     b.add_argument("--n-prompts", type=int, help="override the budget's prompt count")
     b.add_argument("--n-samples", type=int, help="override the budget's samples per prompt")
+    b.add_argument("--n-frontier", type=int,
+                   help="override the budget's second-stage samples per model on each frontier "
+                   "prompt (prompts whose first samples were not all alike; the novelty score)")
     b.add_argument("--max-new-tokens", type=int, default=None, help="completion budget")
     b.add_argument("--top-k", type=int, default=16)
     b.add_argument("--seed", type=int, default=0)
@@ -57,7 +54,9 @@ def _pair_inputs(args):
     from .zoo import get_pair, get_spec, model_dir
 
     zp = get_pair(args.pair)
-    n = args.n_prompts or BUDGETS[args.budget][0]
+    from .preflight import BUDGETS
+
+    n = BUDGETS[args.budget]["n_prompts"] if args.n_prompts is None else max(args.n_prompts, 1)
     prompts = zp.prompts(n)
     own = get_spec(zp.teacher).templates
     teacher_prompts = None if zp.template in own else list(zp.prompts(n, template=own[0]).prompt)
@@ -90,11 +89,10 @@ def cmd_preflight(args) -> int:
                 raise OpdDiagError("--teacher-template must contain '{prompt}'")
             teacher_prompts = [args.teacher_template.format(prompt=p) for p in prompts.prompt]
         checker, max_new = args.checker or "auto", args.max_new_tokens or 256
-    n_prompts, n_samples, max_cont, n_cont = BUDGETS[args.budget]
-    cfg = PreflightConfig(n_prompts=args.n_prompts or n_prompts,
-                          n_samples=args.n_samples or n_samples, max_new_tokens=max_new,
-                          top_k=args.top_k, seed=args.seed, max_continuation_rollouts=max_cont,
-                          n_continue=n_cont)
+    # a flag given as 0 reaches PreflightConfig, which rejects it (None = the budget's value)
+    cfg = PreflightConfig.budget(args.budget, n_prompts=args.n_prompts, n_samples=args.n_samples,
+                                 n_frontier=args.n_frontier, max_new_tokens=max_new,
+                                 top_k=args.top_k, seed=args.seed)
     pair = load_pair(student, teacher, student_dtype=args.dtype, teacher_dtype=args.dtype,
                      student_device=args.device, teacher_device=args.device)
     references = {str(r): load_model(r, role="reference", dtype=args.dtype, device=args.device)

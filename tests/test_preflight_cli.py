@@ -3,6 +3,7 @@ import json
 import pytest
 
 from opd_diag.cli import main
+from opd_diag.errors import OpdDiagError
 
 
 @pytest.fixture()
@@ -45,4 +46,24 @@ def test_preflight_cli_bad_template_and_checker(tiny_pair, answered_prompts, tmp
     assert "{prompt}" in capsys.readouterr().err
     assert main([*base, "--checker", "regex:("]) == 2
     assert "invalid regular expression" in capsys.readouterr().err
+    for flag in ("--n-frontier", "--n-samples", "--n-prompts"):
+        assert main([*base, flag, "0"]) == 2  # 0 is an error, not "use the budget's value"
+        assert "must be positive" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_budgets_are_one_source_of_truth():
+    import argparse
+
+    from opd_diag.preflight import BUDGETS, PreflightConfig
+    from opd_diag.preflight_cli import register
+
+    assert PreflightConfig() == PreflightConfig.budget("default")
+    small = PreflightConfig.budget("small", n_frontier=3, seed=None)
+    assert (small.n_prompts, small.n_frontier, small.seed) == (16, 3, 0)
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    budget = next(a for a in sub.choices["preflight"]._actions if a.dest == "budget")
+    assert budget.choices == list(BUDGETS)
+    with pytest.raises(OpdDiagError, match="valid budgets"):
+        PreflightConfig.budget("huge")

@@ -11,7 +11,12 @@ from opd_diag.models import load_pair
 from opd_diag.preflight import PreflightConfig, Thresholds, decide, overall, run_preflight
 from opd_diag.probes import get_probe, run_probe
 from opd_diag.probes.horizon import auroc, back_to_front
-from opd_diag.probes.novelty import continuation_advantage, exclusive_solves
+from opd_diag.probes.novelty import (
+    continuation_advantage,
+    exclusive_solves,
+    frontier_gap,
+    frontier_prompts,
+)
 from opd_diag.probes.tokens import reachability_frame
 from opd_diag.prompts import validate_prompts
 from opd_diag.runs import load_run
@@ -50,6 +55,68 @@ def test_exclusive_solves_known_answer():
     assert ex["teacher_exclusive_rate"] == pytest.approx(1 / 3)
     assert ex["student_exclusive_rate"] == 0.0
     assert ex["teacher_pass_at_n"] == pytest.approx(2 / 3)
+
+
+def test_frontier_prompts_skip_only_settled_prompts():
+    first = pd.DataFrame(dict(prompt_id=[0, 1, 2, 3], acc_student=[1.0, 0.0, 0.5, 1.0],
+                              acc_teacher=[1.0, 0.0, 1.0, 0.75]))
+    assert frontier_prompts(first, teacher_same_rendering=True) == [2, 3]
+    # teacher rollouts under another rendering say nothing about the run's prompts: sample all
+    assert frontier_prompts(first, teacher_same_rendering=False) == [0, 1, 2, 3]
+    assert frontier_prompts(first.drop(columns="acc_teacher"), True) == [0, 1, 2, 3]
+
+
+def test_frontier_gap_known_answer():
+    first = pd.DataFrame(dict(prompt_id=range(8)))
+    rows = [dict(prompt_id=p, model=m, sample=s, correct=(m == "teacher") or s % 2 == 0)
+            for p in (2, 5) for m in ("teacher", "student") for s in range(4)]
+    fg = frontier_gap(first, pd.DataFrame(rows))
+    # two frontier prompts with gap 0.5 each, six settled prompts at 0: 1.0 / 8
+    assert fg["score"] == pytest.approx(0.125)
+    assert fg["gap_on_frontier"] == pytest.approx(0.5)
+    assert fg["n_prompts"] == 8 and fg["n_frontier_prompts"] == 2
+    assert fg["samples_per_prompt"] == 4
+    assert fg["ci_low"] <= fg["score"] <= fg["ci_high"]
+    none = frontier_gap(first, pd.DataFrame(columns=["prompt_id", "model", "sample", "correct"]))
+    assert none["score"] == 0.0 and none["ci_high"] == 0.0 and none["n_frontier_prompts"] == 0
+    with pytest.raises(OpdDiagError, match="student"):
+        frontier_gap(first, pd.DataFrame(rows).query("model == 'teacher'"))
+
+
+def _simulate_two_phase(rng, p_s, p_t, reps=300):
+    """Per replicate: the two-phase score, and on the frontier prompts the mean error (estimate
+    minus true gap) of the two-phase gap and of the stage-1 + stage-2 pooled gap."""
+    n = len(p_s)
+    score, err_two, err_pooled = [], [], []
+    for _ in range(reps):
+        s1, t1 = rng.random((n, 4)) < p_s[:, None], rng.random((n, 4)) < p_t[:, None]
+        first = pd.DataFrame(dict(prompt_id=range(n), acc_student=s1.mean(1),
+                                  acc_teacher=t1.mean(1)))
+        front = frontier_prompts(first, True)
+        s2, t2 = rng.random((n, 8)) < p_s[:, None], rng.random((n, 8)) < p_t[:, None]
+        rows = [dict(prompt_id=p, model=m, sample=j, correct=bool(x[p, j]))
+                for p in front for m, x in (("teacher", t2), ("student", s2)) for j in range(8)]
+        score.append(frontier_gap(first, pd.DataFrame(rows))["score"])
+        truth = p_t[front] - p_s[front]
+        err_two.append(np.mean(t2[front].mean(1) - s2[front].mean(1) - truth))
+        pooled = (np.c_[t1[front], t2[front]].mean(1) - np.c_[s1[front], s2[front]].mean(1))
+        err_pooled.append(np.mean(pooled - truth))
+    return np.mean(score), np.mean(err_two), np.mean(err_pooled)
+
+
+def test_two_phase_gap_is_unbiased_where_pooling_is_not():
+    """Frontier prompts are chosen *because* a first-stage sample failed; re-using those samples
+    inflates a better teacher's gap there, fresh second-stage samples do not."""
+    rng = np.random.default_rng(0)
+    p_s = rng.uniform(0.3, 1.0, 40)
+    score, err_two, err_pooled = _simulate_two_phase(rng, p_s, p_s)  # teacher = student
+    assert abs(score) < 0.01 and abs(err_two) < 0.01
+    p_t = np.ones(40)  # a teacher that always solves
+    score, err_two, err_pooled = _simulate_two_phase(rng, p_s, p_t)
+    assert abs(err_two) < 0.01
+    assert err_pooled > 0.015  # the selection bias the design avoids (measured: 0.023)
+    # settled prompts count as 0, so the score errs on the conservative side
+    assert np.mean(p_t - p_s) - 0.08 < score <= np.mean(p_t - p_s) + 0.005
 
 
 def _states(ids_s, lp_s, lq_on_s, ids_t, lq_t, lp_on_t, token):

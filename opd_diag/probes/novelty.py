@@ -11,6 +11,15 @@ Three views (each needs a verifiable task: prompts with answers and a verifier):
   KL(student ‖ teacher), and the correlation of their per-token rewards. Two teachers that give
   the student the same local targets are the same teacher to OPD (the paper's reverse-
   distillation finding), whatever their benchmark scores.
+
+The **novelty score** is the teacher-minus-student accuracy from the prompt, estimated in two
+phases (the budget goes where the answer is uncertain): the first stage is the student's
+rollouts and the teacher's own rollouts (a few per prompt); prompts where all of them had the
+same outcome are *settled* (gap 0); every other prompt — the student's frontier — gets fresh
+samples from both models (``frontier.parquet``) and its gap is measured on those alone. The
+score is the mean gap over all prompts, with a 95% bootstrap CI over prompts (the unit that was
+sampled). Without a second stage it falls back to the continuation advantage at the shallowest
+depth, then to the teacher-exclusive solve rate.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ from ..errors import OpdDiagError
 from ..runs import Run
 from . import register_probe
 
-SCORE_RULE = ("novelty = teacher-minus-student continuation accuracy from the student's own "
-              "shallowest prefixes, on the student's failed rollouts first (mean, with its 95% "
-              "bootstrap CI); without continuations, the teacher-exclusive solve rate")
+SCORE_RULE = ("novelty = mean over prompts of teacher-minus-student accuracy from the prompt: 0 "
+              "on prompts where every first-stage sample of both models had the same outcome, "
+              "fresh second-stage samples of both models elsewhere (95% bootstrap CI over "
+              "prompts); without a second stage, the continuation advantage at the shallowest "
+              "depth, then the teacher-exclusive solve rate")
 
 
 def bootstrap_mean_ci(x: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float]:
@@ -70,6 +81,74 @@ def exclusive_solves(student_rollouts: pd.DataFrame, teacher_rollouts: pd.DataFr
     }
 
 
+def first_stage_outcomes(run: Run) -> tuple[pd.DataFrame, bool]:
+    """First-stage outcomes by prompt: ``(table, teacher_same_rendering)``.
+
+    The table has one row per prompt with an answer: ``n_student``, ``acc_student`` (the
+    student's offline rollouts) and, when the run holds the teacher's own rollouts
+    (``aux/teacher``), ``n_teacher`` and ``acc_teacher``. ``teacher_same_rendering`` says
+    whether those teacher rollouts saw the prompts exactly as the run renders them (they do not
+    when the teacher was given its own template).
+    """
+    prompts = run.prompts.set_index("prompt_id")
+    answered = prompts.index[prompts["answer"].notna()]
+    roll = run.rollouts[run.rollouts.step == run.rollouts.step.min()]
+    roll = roll[roll.prompt_id.isin(answered)].dropna(subset=["correct"])
+    out = roll.groupby("prompt_id").correct.agg(n_student="size", acc_student="mean")
+    same = False
+    if run.has_aux("teacher"):
+        aux = run.aux("teacher")
+        t = aux.rollouts.dropna(subset=["correct"])
+        t = t[t.prompt_id.isin(answered)].groupby("prompt_id").correct.agg(
+            n_teacher="size", acc_teacher="mean")
+        out = out.join(t, how="left")
+        theirs = aux.prompts.set_index("prompt_id").input_ids.map(tuple)
+        ours = prompts.input_ids.map(tuple)
+        same = bool(theirs.reindex(ours.index).equals(ours))
+    return out.reset_index(), same
+
+
+def frontier_prompts(first: pd.DataFrame, teacher_same_rendering: bool) -> list[int]:
+    """Prompts where a second stage can change the estimate of teacher-minus-student accuracy.
+
+    A prompt is *settled* when every first-stage sample of both models had the same outcome (all
+    correct, or all wrong) under the run's rendering: its accuracy gap is then taken as 0. Every
+    other prompt is on the frontier. Without teacher rollouts rendered the run's way, only the
+    student's samples are known, so every prompt is on the frontier.
+    """
+    if not teacher_same_rendering or "acc_teacher" not in first:
+        return first.prompt_id.astype(int).tolist()
+    s, t = first.acc_student, first.acc_teacher
+    settled = ((s == 1) & (t == 1)) | ((s == 0) & (t == 0))
+    return first.prompt_id[~settled].astype(int).tolist()
+
+
+def frontier_gap(first: pd.DataFrame, frontier: pd.DataFrame, seed: int = 0) -> dict:
+    """Two-phase teacher-minus-student accuracy gap (see the module docstring).
+
+    ``first``: one row per prompt (``prompt_id``; the first stage, see
+    :func:`opd_diag.extra.first_stage_outcomes`); ``frontier``: the second stage, one row per
+    (``prompt_id``, ``model`` in {teacher, student}, ``sample``) with ``correct``. Prompts absent
+    from ``frontier`` count as settled (gap 0). Returns the score, its CI and the counts.
+    """
+    acc = (frontier.groupby(["prompt_id", "model"]).correct.mean().unstack("model")
+           if len(frontier) else pd.DataFrame(columns=["teacher", "student"]))
+    missing = {"teacher", "student"} - set(acc.columns)
+    if missing:
+        raise OpdDiagError(f"frontier samples lack the {sorted(missing)} model rows; re-run "
+                           "`opd-diag preflight`")
+    gap = (acc["teacher"] - acc["student"]).reindex(first.prompt_id).fillna(0.0)
+    lo, hi = bootstrap_mean_ci(gap.to_numpy(), seed=seed)
+    on = acc.reindex(first.prompt_id).dropna()
+    per_model = frontier.groupby("model").size() if len(frontier) else pd.Series(dtype=int)
+    return {"score": float(gap.mean()), "ci_low": lo, "ci_high": hi,
+            "n_prompts": len(gap), "n_frontier_prompts": len(on),
+            "samples_per_prompt": float(per_model.max() / max(len(on), 1)) if len(on) else 0.0,
+            "acc_teacher_frontier": float(on["teacher"].mean()) if len(on) else np.nan,
+            "acc_student_frontier": float(on["student"].mean()) if len(on) else np.nan,
+            "gap_on_frontier": float((on["teacher"] - on["student"]).mean()) if len(on) else np.nan}
+
+
 def reference_distance(refs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, g in refs.groupby("reference"):
@@ -83,8 +162,9 @@ def reference_distance(refs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@register_probe("novelty", version=1, summary="teacher novelty: exclusive solves, continuation "
-                "advantage (bootstrap CI), distance to reference models -> score")
+@register_probe("novelty", version=2, summary="teacher novelty: two-phase accuracy gap on the "
+                "student's frontier (bootstrap CI), exclusive solves, continuation advantage, "
+                "distance to reference models -> score")
 def novelty_probe(run: Run) -> pd.DataFrame:
     """Long table ``(section, key, metric, value)`` and a ``novelty_score`` row."""
     rows: list[dict] = []
@@ -110,9 +190,16 @@ def novelty_probe(run: Run) -> pd.DataFrame:
             f"{run.path} has no novelty evidence: needs teacher rollouts (aux/teacher), "
             "continuations or reference scores — run `opd-diag preflight` with prompts that have "
             "answers, or pass --reference")
-    if len(adv):
-        first = adv.iloc[0]
-        score, lo, hi = float(first.advantage), float(first.ci_low), float(first.ci_high)
+    if (run.path / "frontier.parquet").exists():
+        first_stage, _ = first_stage_outcomes(run)
+        fg = frontier_gap(first_stage, run.table("frontier"))
+        for m in ("n_prompts", "n_frontier_prompts", "samples_per_prompt", "acc_teacher_frontier",
+                  "acc_student_frontier", "gap_on_frontier"):
+            rows.append(dict(section="frontier", key="", metric=m, value=fg[m]))
+        score, lo, hi = fg["score"], fg["ci_low"], fg["ci_high"]
+    elif len(adv):
+        shallow = adv.iloc[0]
+        score, lo, hi = float(shallow.advantage), float(shallow.ci_low), float(shallow.ci_high)
     else:
         ex = {r["metric"]: r["value"] for r in rows if r["section"] == "exclusive"}
         score = lo = hi = ex.get("teacher_exclusive_rate", np.nan)

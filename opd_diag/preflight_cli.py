@@ -12,9 +12,12 @@ def register(sub) -> None:
         "preflight", help="run the probes on a budget and print GO / CAUTION / NO-GO",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Capture the student's rollouts, generate what the probes need (teacher "
-        "rollouts, teacher/student continuations from student prefixes, reference scores, the "
-        "template check), run every probe and decide.\n\nExit code: 0 GO, 3 CAUTION, 4 NO-GO "
-        "(2 for bad input), so it can gate a training script.",
+        "rollouts, teacher/student continuations from student prefixes, fresh samples of both "
+        "models on the student's frontier — the prompts whose first samples were not all alike, "
+        "for the novelty score — reference scores, the template check), run every probe and "
+        "decide.\n\nExit code: 0 GO, 3 CAUTION, 4 NO-GO (2 for bad input), so it can gate a "
+        "training script. verdict.json in --out has the conditions, thresholds with their "
+        "provenance, and the seconds each stage took.",
     )
     src = p.add_argument_group("what to check (a zoo pair, or your own models)")
     src.add_argument("--pair", help="a zoo pair name (see `opd-diag zoo list`)")
@@ -50,6 +53,23 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_preflight)
 
 
+def _teacher_prompt_column(prompts, args) -> list[str] | None:
+    """The prompt file's optional ``teacher_prompt`` column: each prompt as the teacher expects
+    it (complete, or absent)."""
+    if "teacher_prompt" not in prompts:
+        return None
+    if args.teacher_template:
+        raise OpdDiagError(f"{args.prompts} has a 'teacher_prompt' column and --teacher-template "
+                           "was given: use one of them")
+    col = prompts["teacher_prompt"]
+    bad = [i + 1 for i, v in enumerate(col) if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise OpdDiagError(f"{args.prompts}: 'teacher_prompt' is missing or empty in rows "
+                           f"{bad[:10]}{' ...' if len(bad) > 10 else ''}; give it for every row "
+                           "or drop the column")
+    return list(col)
+
+
 def _pair_inputs(args):
     from .zoo import get_pair, get_spec, model_dir
 
@@ -83,7 +103,7 @@ def cmd_preflight(args) -> int:
         student, teacher, refs = args.student, args.teacher, list(args.reference)
         raw = load_prompts(args.prompts)
         prompts = raw
-        teacher_prompts = None
+        teacher_prompts = _teacher_prompt_column(prompts, args)
         if args.teacher_template:
             if "{prompt}" not in args.teacher_template:
                 raise OpdDiagError("--teacher-template must contain '{prompt}'")

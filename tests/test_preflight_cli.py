@@ -67,3 +67,28 @@ def test_budgets_are_one_source_of_truth():
     assert budget.choices == list(BUDGETS)
     with pytest.raises(OpdDiagError, match="valid budgets"):
         PreflightConfig.budget("huge")
+
+
+def test_preflight_teacher_prompt_column(tiny_pair, tmp_path, capsys):
+    from opd_diag.runs import load_run
+
+    s, t = tiny_pair
+    rows = [{"prompt": f"w{i} w{i + 1}", "answer": f"w{i + 2}", "teacher_prompt": f"w9 w{i} w{i + 1}"}
+            for i in range(4)]
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["--quiet", "preflight", "--student", str(s), "--teacher", str(t), "--prompts", str(p),
+            "--budget", "small", "--max-new-tokens", "4", "--checker", r"regex:(w\d+)$"]
+    assert main([*base, "--out", str(tmp_path / "run")]) in (0, 3, 4)
+    run = load_run(tmp_path / "run")
+    assert run.aux("teacher").prompts.prompt.tolist() == [r["teacher_prompt"] for r in rows]
+    assert len(run.table("template")) > 0  # the template check ran on the teacher's rendering
+    assert "template_top1_agreement" in set(run.probe("thinking").component)
+    capsys.readouterr()
+    assert main([*base, "--teacher-template", "x {prompt}", "--out", str(tmp_path / "a")]) == 2
+    assert "use one of them" in capsys.readouterr().err
+    rows[2]["teacher_prompt"] = " "
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([*base, "--out", str(tmp_path / "b")]) == 2
+    assert "rows [3]" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

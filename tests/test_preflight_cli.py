@@ -92,3 +92,21 @@ def test_preflight_teacher_prompt_column(tiny_pair, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "b")]) == 2
     assert "rows [3]" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_preflight_python_api_as_in_the_readme(tiny_pair, answered_prompts, tmp_path):
+    import opd_diag as od
+
+    pair = od.load_pair(*tiny_pair)
+    v = od.run_preflight(pair, od.load_prompts(answered_prompts), tmp_path / "pf",
+                         config=od.PreflightConfig.budget("small", max_new_tokens=4),
+                         verifier=od.make_verifier(r"regex:(w\d+)$").check,
+                         references={"base": od.load_model(tiny_pair[0], role="reference")})
+    assert isinstance(v, od.Verdict) and v.verdict in od.preflight.VERDICTS
+    assert v.render().startswith(f"VERDICT: {v.verdict}")
+    assert {"condition", "metric", "value", "status", "rule", "recovery"} <= set(v.table.columns)
+    nov = od.load_run(v.run).probe("novelty")
+    assert {"frontier", "score"} <= set(nov.section)
+    data = json.loads((tmp_path / "pf" / "verdict.json").read_text())
+    assert {"student_capture", "teacher_capture", "frontier_samples", "probes"} <= set(
+        data["stage_seconds"])

@@ -5,7 +5,9 @@ components, joined with the outcome measured by real OPD runs (``python -m opd_d
 → ``runs/examples/zoo-validation.csv``, else the committed ``reports/zoo-validation.csv``).
 Agreement rule: a pair whose OPD run closes ≥ 50% of a real 5-digit gap must get GO; a pair
 whose run closes < 20% of it, regresses, or has no gap to close must get NO-GO or CAUTION.
-``--seeds`` repeats every pre-flight with other sampling seeds: a verdict that flips with the
+When ``python -m opd_diag.zoo.validate`` has built the cold-started student of ``incompatible``
+(under ``--runs``/students), it is pre-flighted too, as a user's own models, against its own
+OPD run: the recommended recovery, checked. ``--seeds`` repeats every pre-flight with other sampling seeds: a verdict that flips with the
 seed is not one to gate a training script on. Writes ``reports/preflight-validation.csv`` (one
 row per pair and seed) and ``.md``.
 
@@ -25,7 +27,11 @@ import torch
 # pair -> the OPD run whose outcome the verdict predicts (reverse-KL with the pair's own setup)
 OUTCOME_RUN = {"success": "opd-success", "out-of-reach": "opd-out-of-reach",
                "incompatible": "opd-incompatible", "no-novelty": "opd-no-novelty",
-               "reverse": "opd-reverse", "template": "opd-template-misaligned"}
+               "reverse": "opd-reverse", "template": "opd-template-misaligned",
+               "incompatible+coldstart": "opd-incompatible-coldstart"}
+# the recommended recovery, checked too: the incompatible pair's student after `coldstart` on
+# teacher-b (built by `python -m opd_diag.zoo.validate`), pre-flighted as a user's own models
+COLDSTART = ("incompatible+coldstart", "incompatible")
 NOVELTY = ("novelty_ci_low", "novelty_ci_high", "n_prompts", "n_frontier_prompts",
            "acc_teacher_frontier", "acc_student_frontier")
 
@@ -42,6 +48,20 @@ def outcome(o: pd.Series) -> dict:
             "outcome": "worked" if worked else "failed" if failed else "partial"}
 
 
+def judge(row: dict, outcomes: pd.DataFrame) -> dict:
+    """A pre-flight row with its pair's OPD outcome and whether the verdict agrees with it."""
+    row = {k: v for k, v in row.items()
+           if k not in ("opd_run", "acc5d_before", "acc5d_after", "acc5d_teacher",
+                        "gap_recovery_5d", "outcome", "agrees")}
+    run = OUTCOME_RUN.get(row["pair"])
+    if run and run in outcomes.index:
+        row["opd_run"] = run
+        row.update(outcome(outcomes.loc[run]))
+        row["agrees"] = {"worked": row["verdict"] == "GO",
+                         "failed": row["verdict"] != "GO"}.get(row["outcome"], True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,33 +69,58 @@ def main() -> None:
     ap.add_argument("--out", default="reports")
     ap.add_argument("--pairs", nargs="*")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
+    ap.add_argument("--rejudge", action="store_true",
+                    help="re-join the OPD outcomes onto --out's existing table (no pre-flight runs)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     from opd_diag.cli import main as cli
+    from opd_diag.preflight import BUDGETS
     from opd_diag.runs import load_run
-    from opd_diag.zoo import list_pairs, model_dir
+    from opd_diag.zoo import get_pair, list_pairs, model_dir
+    from opd_diag.zoo.phenomena import merge_validation
+    from opd_diag.zoo.validate import coldstart_dir
 
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    val_csv = runs / "zoo-validation.csv"
-    if not val_csv.exists():  # the committed outcomes of the last `python -m opd_diag.zoo.validate`
-        val_csv = Path(__file__).resolve().parents[1] / "reports" / "zoo-validation.csv"
-    outcomes = pd.read_csv(val_csv).set_index("run")
-    rows = []
+    # the committed outcomes of `python -m opd_diag.zoo.validate`, with any runs re-done since
+    # under --runs replacing theirs
+    outcomes = pd.read_csv(Path(__file__).resolve().parents[1] / "reports" / "zoo-validation.csv")
+    if (runs / "zoo-validation.csv").exists():
+        outcomes = merge_validation(outcomes, pd.read_csv(runs / "zoo-validation.csv"))
+    outcomes = outcomes.set_index("run")
+    if args.rejudge:
+        df = pd.read_csv(out / "preflight-validation.csv")
+        df = pd.DataFrame([judge(r.dropna().to_dict(), outcomes) for _, r in df.iterrows()])
+        df.to_csv(out / "preflight-validation.csv", index=False)
+        (out / "preflight-validation.md").write_text(render(df))
+        return
+    jobs = []  # (row name, preflight arguments)
     for zp in list_pairs():
         if args.pairs and zp.name not in args.pairs:
             continue
+        extra = []
+        for alt in zp.alt_teachers:  # e.g. reverse: is the same-pipeline teacher any different?
+            extra += ["--reference", str(model_dir(alt))]
+        jobs.append((zp.name, ["--pair", zp.name, *extra]))
+    name, base = COLDSTART
+    student = coldstart_dir(runs, base)
+    if (student / "coldstart.json").is_file() and (not args.pairs or name in args.pairs):
+        zp = get_pair(base)
+        prompts = runs / f"{name}-prompts.jsonl"
+        zp.prompts(BUDGETS["default"]["n_prompts"])[["prompt", "answer"]].to_json(
+            prompts, orient="records", lines=True)
+        jobs.append((name, ["--student", str(student), "--teacher", str(model_dir(zp.teacher)),
+                            "--prompts", str(prompts), "--checker", f"task:{zp.task}",
+                            "--max-new-tokens", str(zp.hyper.max_new_tokens)]))
+    rows = []
+    for name, argv in jobs:
         for seed in args.seeds:
-            pf = runs / f"preflight-{zp.name}" if seed == 0 else runs / f"preflight-{zp.name}-s{seed}"
-            extra = []
-            for alt in zp.alt_teachers:  # e.g. reverse: is the same-pipeline teacher any different?
-                extra += ["--reference", str(model_dir(alt))]
+            pf = runs / f"preflight-{name}" if seed == 0 else runs / f"preflight-{name}-s{seed}"
             t0 = time.perf_counter()
-            code = cli(["--quiet", "preflight", "--pair", zp.name, "--out", str(pf),
-                        "--seed", str(seed), *extra])
+            code = cli(["--quiet", "preflight", *argv, "--out", str(pf), "--seed", str(seed)])
             wall = time.perf_counter() - t0
             verdict = json.loads((pf / "verdict.json").read_text())
-            row = {"pair": zp.name, "seed": seed, "verdict": verdict["verdict"], "exit_code": code,
+            row = {"pair": name, "seed": seed, "verdict": verdict["verdict"], "exit_code": code,
                    "preflight_seconds": round(wall, 1)}
             for c in verdict["conditions"]:
                 row[c["condition"]] = f"{c['status']} ({c['metric']}={c['value']:.3f})" \
@@ -83,14 +128,8 @@ def main() -> None:
             nov = load_run(pf).probe("novelty")
             nov = nov[nov.section.isin(["frontier", "score"])].set_index("metric").value
             row.update({m: float(nov[m]) for m in NOVELTY if m in nov})
-            run = OUTCOME_RUN.get(zp.name)
-            if run and run in outcomes.index:
-                row["opd_run"] = run
-                row.update(outcome(outcomes.loc[run]))
-                row["agrees"] = {"worked": verdict["verdict"] == "GO",
-                                 "failed": verdict["verdict"] != "GO"}.get(row["outcome"], True)
-            rows.append(row)
-            print(f"[preflight-validation] {zp.name} seed {seed}: {verdict['verdict']} in "
+            rows.append(judge(row, outcomes))
+            print(f"[preflight-validation] {name} seed {seed}: {verdict['verdict']} in "
                   f"{wall:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(out / "preflight-validation.csv", index=False)

@@ -42,3 +42,23 @@ def test_preflight_validation_markdown_matches_its_table():
     val = pd.read_csv(REPORTS / "zoo-validation.csv").set_index("run")
     for _, row in judged.iterrows():
         assert row.gap_recovery_5d == pytest.approx(val.loc[row.opd_run, "gap_recovery/5d"])
+
+
+def test_partial_rerun_merges_into_the_committed_tables():
+    from opd_diag.zoo.phenomena import NOT_RUN, merge_phenomena, merge_validation
+
+    committed_val = pd.DataFrame({"run": ["opd-success", "opd-incompatible-coldstart",
+                                          "opd-no-novelty"], "x": [1.0, 2.0, 3.0]})
+    fresh_val = pd.DataFrame({"run": ["opd-incompatible-coldstart"], "x": [9.0]})
+    val = merge_validation(committed_val, fresh_val)
+    assert val.run.tolist() == ["opd-success", "opd-incompatible-coldstart", "opd-no-novelty"]
+    assert val.x.tolist() == [1.0, 9.0, 3.0]
+    cols = ["id", "phenomenon", "paper", "ours", "reproduced"]
+    committed = pd.DataFrame([(1, "a", "p", "measured", "yes"), (2, "b", "p", "old", "no"),
+                              (3, "c", "p", NOT_RUN, NOT_RUN)], columns=cols)
+    fresh = pd.DataFrame([(1, "a", "p", NOT_RUN, NOT_RUN), (2, "b", "p", "new", "yes"),
+                          (3, "c", "p", NOT_RUN, NOT_RUN)], columns=cols)
+    merged = merge_phenomena(committed, fresh)
+    assert merged.ours.tolist() == ["measured", "new", NOT_RUN]  # 1 was not re-run: kept
+    assert merged.reproduced.tolist() == ["yes", "yes", NOT_RUN]
+    assert list(merged.columns) == cols

@@ -51,12 +51,19 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def collect(root: str | Path = "runs/examples") -> pd.DataFrame:
-    """One row per phenomenon: id, phenomenon, paper, ours, reproduced."""
+def collect(root: str | Path = "runs/examples",
+            validation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per phenomenon: id, phenomenon, paper, ours, reproduced.
+
+    ``validation``: the OPD-run table to use (default: :func:`~.validate.summarize` of ``root``).
+    """
     root = Path(root)
     from .validate import summarize
 
-    v = summarize(root).set_index("run") if (root / "opd-success").exists() else pd.DataFrame()
+    if validation is not None:
+        v = validation.set_index("run")
+    else:
+        v = summarize(root).set_index("run") if (root / "opd-success").exists() else pd.DataFrame()
 
     def val(run: str, col: str) -> float:
         return float(v.loc[run, col]) if run in v.index and col in v.columns else np.nan
@@ -206,18 +213,49 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
     return "\n".join(lines)
 
 
+def merge_validation(committed: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
+    """Validation rows of re-run runs replace their committed rows; the rest keep theirs
+    (in :data:`~.validate.RUNS` order)."""
+    from .validate import RUNS
+
+    if len(fresh) == 0:
+        return committed.copy()
+    val = pd.concat([committed[~committed.run.isin(fresh.run)], fresh], ignore_index=True)
+    order = {r.name: i for i, r in enumerate(RUNS)}
+    return val.sort_values("run", key=lambda r: r.map(order)).reset_index(drop=True)
+
+
+def merge_phenomena(committed: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
+    """Each phenomenon from ``fresh``, unless its inputs were not re-run: ``fresh`` says "not
+    run" where the committed row was measured, and the committed row stays."""
+    old = committed.set_index("id")
+    keep = [r.id in old.index and r.reproduced == NOT_RUN and old.loc[r.id, "reproduced"] != NOT_RUN
+            for r in fresh.itertuples(index=False)]
+    rows = [old.loc[r.id].to_dict() | {"id": r.id} if k else r._asdict()
+            for r, k in zip(fresh.itertuples(index=False), keep, strict=True)]
+    return pd.DataFrame(rows, columns=fresh.columns)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", default="runs/examples")
     ap.add_argument("--out", default="reports")
+    ap.add_argument("--merge", action="store_true",
+                    help="--runs holds only some of the runs: replace those in the committed "
+                    "tables under --out and keep the rest")
     args = ap.parse_args(argv)
     from .validate import summarize
 
     out = Path(args.out)
-    df = collect(args.runs)
-    val = summarize(args.runs)
+    if args.merge:
+        val = merge_validation(pd.read_csv(out / "zoo-validation.csv"), summarize(args.runs))
+        df = merge_phenomena(pd.read_csv(out / "zoo-phenomena.csv"),
+                             collect(args.runs, validation=val))
+    else:
+        df = collect(args.runs)
+        val = summarize(args.runs)
     df.to_csv(out / "zoo-phenomena.csv", index=False)
     val.to_csv(out / "zoo-validation.csv", index=False)
     (out / "zoo-phenomena.md").write_text(render(df, val))

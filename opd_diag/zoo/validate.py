@@ -68,9 +68,12 @@ def _coldstart(root: Path, spec: ValidationRun) -> Path:
         return out
     zp = get_pair(spec.pair)
     pair = load_pair(model_dir(zp.student), model_dir(zp.teacher))
+    # 4096 prompts x 3 epochs (~380 SFT steps). The earlier 1024 x 2 (64 steps) left the student
+    # between two styles and broken (easy 1.00 -> 0.13, 5-digit 0): a cold start has to finish
+    # switching the student's style before OPD can use it.
     cfg = ColdStartConfig(n_samples=1, max_new_tokens=zp.hyper.max_new_tokens,
-                          checker=f"task:{zp.task}", epochs=2, lr=1e-3, batch_size=32)
-    coldstart(pair, validate_prompts(zp.prompts(1024, seed=7)), out, cfg, overwrite=True)
+                          checker=f"task:{zp.task}", epochs=3, lr=1e-3, batch_size=32)
+    coldstart(pair, validate_prompts(zp.prompts(4096, seed=7)), out, cfg, overwrite=True)
     return out
 
 

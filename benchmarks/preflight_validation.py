@@ -1,15 +1,17 @@
 """Pre-flight on every zoo pair vs the pair's measured OPD outcome (issue: probes + preflight).
 
 For each pair: ``opd-diag preflight --pair NAME`` (default budget, timed), its verdict and
-components, joined with the outcome measured by real OPD runs (``python -m opd_diag.zoo.validate``
-→ ``runs/examples/zoo-validation.csv``, else the committed ``reports/zoo-validation.csv``).
+components, joined with the outcome measured by real OPD runs (the committed
+``reports/zoo-validation.csv``, with runs re-done under ``--runs`` by ``python -m
+opd_diag.zoo.validate`` replacing theirs).
 Agreement rule: a pair whose OPD run closes ≥ 50% of a real 5-digit gap must get GO; a pair
 whose run closes < 20% of it, regresses, or has no gap to close must get NO-GO or CAUTION.
 When ``python -m opd_diag.zoo.validate`` has built the cold-started student of ``incompatible``
 (under ``--runs``/students), it is pre-flighted too, as a user's own models, against its own
-OPD run: the recommended recovery, checked. ``--seeds`` repeats every pre-flight with other sampling seeds: a verdict that flips with the
-seed is not one to gate a training script on. Writes ``reports/preflight-validation.csv`` (one
-row per pair and seed) and ``.md``.
+OPD run: the recommended recovery, checked. ``--seeds`` repeats every pre-flight with other
+sampling seeds: a verdict that flips with the seed is not one to gate a training script on.
+``--rejudge`` re-joins the OPD outcomes onto the existing table without running pre-flights.
+Writes ``reports/preflight-validation.csv`` (one row per pair and seed) and ``.md``.
 
     python benchmarks/preflight_validation.py [--runs runs/examples] [--out reports] [--seeds 0 1 2]
 """

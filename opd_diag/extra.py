@@ -55,6 +55,18 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def _sample(pair: Pair, model: LoadedModel, ids: list[list[int]], seeds: list[int],
+            sampling: SamplingConfig, batch_size: int) -> list[tuple[list[int], str]]:
+    """``sample_batch`` over rows in batches of ``batch_size``: one (completion, stop) per row."""
+    tok, outs = pair.tokenizer, []
+    for lo in range(0, len(ids), batch_size):
+        outs += sample_batch(model.model, ids[lo: lo + batch_size], seeds[lo: lo + batch_size],
+                             sampling, pad_id=tok.pad_token_id,
+                             eos_ids=eos_token_ids(model.model, tok),
+                             vocab_limit=pair.compare_vocab)
+    return outs
+
+
 def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75),
                   n_continue: int = 2, max_rollouts: int = 32, verifier: Verifier,
                   sampling: SamplingConfig, batch_size: int = 16) -> pd.DataFrame:
@@ -89,21 +101,17 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
     tok = pair.tokenizer
     for who, model in (("teacher", pair.teacher), ("student", pair.student)):
         mine = [j for j in jobs if j[3] == who]
-        for lo in range(0, len(mine), batch_size):
-            batch = mine[lo: lo + batch_size]
-            ids = [list(prompts.at[j[0].prompt_id, "input_ids"]) + list(j[2]) for j in batch]
-            seeds = [_seed(sampling.seed, zlib.crc32(j[0].rollout_id.encode()), int(j[1] * 1000), j[4])
-                     for j in batch]
-            outs = sample_batch(model.model, ids, seeds, sampling, pad_id=tok.pad_token_id,
-                                eos_ids=eos_token_ids(model.model, tok),
-                                vocab_limit=pair.compare_vocab)
-            for (r, depth, prefix, _, s), (cont, reason) in zip(batch, outs, strict=True):
-                text = tok.decode(list(prefix) + cont, skip_special_tokens=True)
-                answer = prompts.at[r.prompt_id, "answer"]
-                rows.append(dict(rollout_id=r.rollout_id, prompt_id=r.prompt_id, depth=depth,
-                                 prefix_len=len(prefix), T=int(r.n_tokens), continuer=who,
-                                 student_failed=bool(r._failed),
-                                 sample=s, stop_reason=reason, correct=bool(verifier(text, answer))))
+        ids = [list(prompts.at[j[0].prompt_id, "input_ids"]) + list(j[2]) for j in mine]
+        seeds = [_seed(sampling.seed, zlib.crc32(j[0].rollout_id.encode()), int(j[1] * 1000), j[4])
+                 for j in mine]
+        outs = _sample(pair, model, ids, seeds, sampling, batch_size)
+        for (r, depth, prefix, _, s), (cont, reason) in zip(mine, outs, strict=True):
+            text = tok.decode(list(prefix) + cont, skip_special_tokens=True)
+            answer = prompts.at[r.prompt_id, "answer"]
+            rows.append(dict(rollout_id=r.rollout_id, prompt_id=r.prompt_id, depth=depth,
+                             prefix_len=len(prefix), T=int(r.n_tokens), continuer=who,
+                             student_failed=bool(r._failed),
+                             sample=s, stop_reason=reason, correct=bool(verifier(text, answer))))
     df = pd.DataFrame(rows)
     RunWriter(run.path, run.meta).write_shard("continuations", "00000", df)
     return df
@@ -139,20 +147,15 @@ def frontier_samples(pair: Pair, run: Run, *, n_samples: int, verifier: Verifier
     offset = int(run.rollouts.sample_idx.max()) + 1  # stage-2 seeds never repeat a stage-1 seed
     jobs = [(pid, s) for pid in pids for s in range(n_samples)]
     rows = []
-    tok = pair.tokenizer
+    ids = [list(prompts.at[pid, "input_ids"]) for pid, _ in jobs]
+    seeds = [row_seed(sampling.seed, pid, offset + s) for pid, s in jobs]
     for who, model in (("teacher", pair.teacher), ("student", pair.student)):
-        for lo in range(0, len(jobs), batch_size):
-            batch = jobs[lo: lo + batch_size]
-            ids = [list(prompts.at[pid, "input_ids"]) for pid, _ in batch]
-            seeds = [row_seed(sampling.seed, pid, offset + s) for pid, s in batch]
-            outs = sample_batch(model.model, ids, seeds, sampling, pad_id=tok.pad_token_id,
-                                eos_ids=eos_token_ids(model.model, tok),
-                                vocab_limit=pair.compare_vocab)
-            for (pid, s), (comp, reason) in zip(batch, outs, strict=True):
-                text = tok.decode(comp, skip_special_tokens=True)
-                rows.append(dict(prompt_id=pid, model=who, sample=s, n_tokens=len(comp),
-                                 stop_reason=reason,
-                                 correct=bool(verifier(text, prompts.at[pid, "answer"]))))
+        outs = _sample(pair, model, ids, seeds, sampling, batch_size)
+        for (pid, s), (comp, reason) in zip(jobs, outs, strict=True):
+            text = pair.tokenizer.decode(comp, skip_special_tokens=True)
+            rows.append(dict(prompt_id=pid, model=who, sample=s, n_tokens=len(comp),
+                             stop_reason=reason,
+                             correct=bool(verifier(text, prompts.at[pid, "answer"]))))
     df = pd.DataFrame(rows, columns=["prompt_id", "model", "sample", "n_tokens", "stop_reason",
                                      "correct"])
     RunWriter(run.path, run.meta).write_shard("frontier", "00000", df)

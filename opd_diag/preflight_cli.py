@@ -71,11 +71,11 @@ def _teacher_prompt_column(prompts, args) -> list[str] | None:
 
 
 def _pair_inputs(args):
+    from .preflight import BUDGETS
     from .zoo import get_pair, get_spec, model_dir
 
     zp = get_pair(args.pair)
-    from .preflight import BUDGETS
-
+    # n <= 0 still makes one prompt here, so that PreflightConfig reports the bad flag
     n = BUDGETS[args.budget]["n_prompts"] if args.n_prompts is None else max(args.n_prompts, 1)
     prompts = zp.prompts(n)
     own = get_spec(zp.teacher).templates

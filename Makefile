@@ -46,7 +46,7 @@ bench: setup
 	$(PY) benchmarks/capture.py
 
 reports: setup
-	$(PY) -m opd_diag.report.examples --runs runs/examples --out reports
+	$(PY) -m opd_diag.cli.examples --runs runs/examples --out reports
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

@@ -72,7 +72,7 @@ def naive(student, teacher, ids, P, k):
 
 
 def ours(student, teacher, ids, P, k):
-    from opd_diag.capture import score_states
+    from opd_diag.states.capture import score_states
 
     rows = ids.tolist()
     score_states(student, teacher, [r[:P] for r in rows], [r[P:] for r in rows], top_k=k,

@@ -38,9 +38,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from opd_diag.models import load_pair  # noqa: E402
-from opd_diag.prompts import load_prompts  # noqa: E402
-from opd_diag.runs import load_run  # noqa: E402
+from opd_diag.core.models import load_pair  # noqa: E402
+from opd_diag.core.prompts import load_prompts  # noqa: E402
+from opd_diag.core.runs import load_run  # noqa: E402
 from opd_diag.testing import make_model_dir, make_tokenizer, write_prompts  # noqa: E402
 from opd_diag.train import TrainConfig, train  # noqa: E402
 
@@ -92,7 +92,7 @@ def trl_run(student, teacher, prompts, out, args) -> tuple[list[float], list[flo
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
 
-    from opd_diag.prompts import load_prompts as lp
+    from opd_diag.core.prompts import load_prompts as lp
 
     tok = AutoTokenizer.from_pretrained(str(student))
     tok.padding_side = "left"

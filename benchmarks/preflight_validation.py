@@ -76,8 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     from opd_diag.cli import main as cli
+    from opd_diag.core.runs import load_run
     from opd_diag.preflight import BUDGETS
-    from opd_diag.runs import load_run
     from opd_diag.zoo import get_pair, list_pairs, model_dir
     from opd_diag.zoo.phenomena import merge_validation
     from opd_diag.zoo.validate import coldstart_dir

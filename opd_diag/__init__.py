@@ -4,21 +4,22 @@ Diagnostics for on-policy distillation (OPD): capture both models at student-vis
 run probes on the resulting tables, and turn them into a verdict. See README.md and DESIGN.md.
 """
 
-from .capture import CaptureConfig, score_states
-from .errors import OpdDiagError
-from .models import load_model, load_pair
-from .pipeline import run_capture
+from . import _compat  # noqa: F401  (old module paths keep working; see README)
+from .core.errors import OpdDiagError
+from .core.models import load_model, load_pair
+from .core.prompts import load_prompts
+from .core.runs import load_run
 from .preflight import BUDGETS, PreflightConfig, Thresholds, Verdict, run_preflight
 from .probes import list_probes, register_probe, run_probe
-from .prompts import load_prompts
-from .rollout import SamplingConfig
-from .runs import load_run
-from .verify import make_verifier
+from .states.capture import CaptureConfig, score_states
+from .states.collect import run_capture
+from .states.rollout import SamplingConfig
+from .tasks.verify import make_verifier
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "BUDGETS", "CaptureConfig", "OpdDiagError", "PreflightConfig", "SamplingConfig", "Thresholds",
     "Verdict", "list_probes", "load_model", "load_pair", "load_prompts", "load_run",
     "make_verifier", "register_probe", "run_capture", "run_preflight", "run_probe",
-    "score_states",
+    "score_states", "__version__",
 ]

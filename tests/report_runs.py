@@ -27,10 +27,10 @@ def _verifier(text: str, answer: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def report_runs() -> dict[str, Path]:
     """``{"root", "preflight", "train_a", "train_b"}``: run directories under a temp root."""
-    from opd_diag.models import load_pair
+    from opd_diag.core.models import load_pair
+    from opd_diag.core.prompts import load_prompts, validate_prompts
+    from opd_diag.core.runs import RunWriter, load_run
     from opd_diag.preflight import PreflightConfig, run_preflight
-    from opd_diag.prompts import load_prompts, validate_prompts
-    from opd_diag.runs import RunWriter, load_run
     from opd_diag.testing import make_pair_dirs
     from opd_diag.train import resolve_config, train
     from opd_diag.train.evaluate import load_eval_prompts

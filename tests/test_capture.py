@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from opd_diag import divergences as D
-from opd_diag.capture import CaptureConfig, score_states
-from opd_diag.models import load_pair
-from opd_diag.pipeline import run_capture
+from opd_diag.core.models import load_pair
+from opd_diag.core.prompts import load_prompts
+from opd_diag.core.runs import load_run, read_table, stack_list_column
 from opd_diag.probes import run_probe
-from opd_diag.prompts import load_prompts
-from opd_diag.rollout import SamplingConfig
-from opd_diag.runs import load_run, read_table, stack_list_column
+from opd_diag.states.capture import CaptureConfig, score_states
+from opd_diag.states.collect import run_capture
+from opd_diag.states.rollout import SamplingConfig
 
 
 def _brute_force(model, seqs, prompt_lens, vocab, temperature):

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from opd_diag.cli import main
-from opd_diag.runs import load_run
+from opd_diag.core.runs import load_run
 from opd_diag.testing import make_model_dir, make_tokenizer
 
 

@@ -12,7 +12,7 @@ import torch
 
 from opd_diag import distributed
 from opd_diag.cli import main as cli_main
-from opd_diag.runs import load_run
+from opd_diag.core.runs import load_run
 from opd_diag.testing import write_prompts
 
 torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def test_two_ranks_equal_one_process(tiny_pair, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", n=5, vocab_size=64)
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert cli_main(_capture_args(tiny_pair, prompts, single)) == 0
-    proc = _torchrun(["-m", "opd_diag.cli", *_capture_args(tiny_pair, prompts, multi)], tmp_path)
+    proc = _torchrun(["-m", "opd_diag", *_capture_args(tiny_pair, prompts, multi)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = load_run(single), load_run(multi)
@@ -87,7 +87,7 @@ def test_single_process_context_and_sharding(monkeypatch):
 
 
 def test_loader_merges_rank_shards_by_key(tmp_path):
-    from opd_diag.runs import RunWriter, open_run
+    from opd_diag.core.runs import RunWriter, open_run
 
     with open_run(tmp_path / "r", "capture", {}) as run:
         RunWriter(run.path, {}, rank=1).write_shard("rollouts", "000001", pd.DataFrame({"x": [1]}))
@@ -111,7 +111,7 @@ def test_preflight_under_torchrun_equals_single_process(tiny_pair, tmp_path):
                 "6", "--checker", r"regex:(w\d+)$", "--out", str(out)]
 
     single_code = cli_main(args(tmp_path / "single"))
-    proc = _torchrun(["-m", "opd_diag.cli", *args(tmp_path / "multi")], tmp_path)
+    proc = _torchrun(["-m", "opd_diag", *args(tmp_path / "multi")], tmp_path)
     # torchrun turns any non-zero child exit into its own 1 and names the child's code
     if single_code == 0:
         assert proc.returncode == 0, proc.stderr[-3000:]

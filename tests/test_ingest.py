@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-from opd_diag.capture import CaptureConfig
 from opd_diag.cli import main as cli_main
-from opd_diag.errors import OpdDiagError
-from opd_diag.ingest import ingest, read_log
-from opd_diag.models import load_pair
-from opd_diag.pipeline import run_capture
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.models import load_pair
+from opd_diag.core.prompts import load_prompts
+from opd_diag.core.runs import load_run
+from opd_diag.integrations.ingest import ingest, read_log
 from opd_diag.probes import run_probe
-from opd_diag.prompts import load_prompts
-from opd_diag.rollout import SamplingConfig
-from opd_diag.runs import load_run
+from opd_diag.states.capture import CaptureConfig
+from opd_diag.states.collect import run_capture
+from opd_diag.states.rollout import SamplingConfig
 from opd_diag.testing import make_model_dir, make_tokenizer, write_prompts
 
 torch.set_num_threads(1)

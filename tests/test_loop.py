@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from opd_diag.errors import OpdDiagError
-from opd_diag.models import load_pair
-from opd_diag.prompts import load_prompts
-from opd_diag.runs import load_run
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.models import load_pair
+from opd_diag.core.prompts import load_prompts
+from opd_diag.core.runs import load_run
 from opd_diag.train import TrainConfig, resolve_config, train
 from opd_diag.train.evaluate import load_eval_prompts
 
@@ -56,9 +56,9 @@ def test_every_objective_pinned_at_step0_and_moves(tiny_pair, prompts_file, tmp_
 
 
 def test_loop_writes_the_offline_schema_and_metrics(tiny_pair, prompts_file, tmp_path):
-    from opd_diag.capture import CaptureConfig
-    from opd_diag.pipeline import run_capture
-    from opd_diag.rollout import SamplingConfig
+    from opd_diag.states.capture import CaptureConfig
+    from opd_diag.states.collect import run_capture
+    from opd_diag.states.rollout import SamplingConfig
 
     run = _run(tiny_pair, prompts_file, tmp_path / "run", steps=3, states_every=2)
     offline = tmp_path / "offline"
@@ -185,7 +185,7 @@ def test_full_disk_while_writing_a_shard(tiny_pair, prompts_file, tmp_path, monk
 
 
 def _cli(tiny_pair, prompts_file, out, *extra):
-    return [sys.executable, "-m", "opd_diag.cli", "--quiet", "train", "--student", str(tiny_pair[0]),
+    return [sys.executable, "-m", "opd_diag", "--quiet", "train", "--student", str(tiny_pair[0]),
             "--teacher", str(tiny_pair[1]), "--prompts", str(prompts_file), "--out", str(out),
             "--preset", "tiny", "--steps", "6", "--ckpt-every", "2", *extra]
 

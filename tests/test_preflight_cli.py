@@ -3,7 +3,7 @@ import json
 import pytest
 
 from opd_diag.cli import main
-from opd_diag.errors import OpdDiagError
+from opd_diag.core.errors import OpdDiagError
 
 
 @pytest.fixture()
@@ -55,8 +55,8 @@ def test_preflight_cli_bad_template_and_checker(tiny_pair, answered_prompts, tmp
 def test_budgets_are_one_source_of_truth():
     import argparse
 
+    from opd_diag.cli.preflight import register
     from opd_diag.preflight import BUDGETS, PreflightConfig
-    from opd_diag.preflight_cli import register
 
     assert PreflightConfig() == PreflightConfig.budget("default")
     small = PreflightConfig.budget("small", n_frontier=3, seed=None)
@@ -70,7 +70,7 @@ def test_budgets_are_one_source_of_truth():
 
 
 def test_preflight_teacher_prompt_column(tiny_pair, tmp_path, capsys):
-    from opd_diag.runs import load_run
+    from opd_diag.core.runs import load_run
 
     s, t = tiny_pair
     rows = [{"prompt": f"w{i} w{i + 1}", "answer": f"w{i + 2}", "teacher_prompt": f"w9 w{i} w{i + 1}"}

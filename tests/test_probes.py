@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opd_diag.errors import OpdDiagError
-from opd_diag.models import load_pair
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.models import load_pair
+from opd_diag.core.prompts import validate_prompts
+from opd_diag.core.runs import load_run
 from opd_diag.preflight import PreflightConfig, Thresholds, decide, overall, run_preflight
 from opd_diag.probes import get_probe, run_probe
 from opd_diag.probes.horizon import auroc, back_to_front
@@ -18,8 +20,6 @@ from opd_diag.probes.novelty import (
     frontier_prompts,
 )
 from opd_diag.probes.tokens import reachability_frame
-from opd_diag.prompts import validate_prompts
-from opd_diag.runs import load_run
 
 
 def test_auroc_matches_brute_force():
@@ -225,8 +225,8 @@ def test_decide_rules():
 
 
 def test_novelty_without_evidence_is_an_error(tiny_pair, tmp_path):
-    from opd_diag.pipeline import run_capture
-    from opd_diag.rollout import SamplingConfig
+    from opd_diag.states.collect import run_capture
+    from opd_diag.states.rollout import SamplingConfig
 
     pair = load_pair(*tiny_pair)
     prompts = validate_prompts(pd.DataFrame({"prompt": ["w1 w2"]}))

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from opd_diag.cli import main
-from opd_diag.errors import OpdDiagError
-from opd_diag.models import load_model, load_pair
-from opd_diag.prompts import load_prompts
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.models import load_model, load_pair
+from opd_diag.core.prompts import load_prompts
 from opd_diag.train.recovery import ColdStartConfig, coldstart, is_repetitive, select_prompts
 
 

@@ -11,7 +11,7 @@ import pytest
 from report_runs import XSS, XSS_IMG, report_runs
 
 from opd_diag.cli import main
-from opd_diag.errors import OpdDiagError
+from opd_diag.core.errors import OpdDiagError
 from opd_diag.report import build_report, write_report
 from opd_diag.report import tables as T
 from opd_diag.report.render import fmt, render_html
@@ -94,7 +94,7 @@ def test_model_text_is_shown_as_text(rendered, kind):
 
 
 def test_preflight_numbers_are_table_cells(runs, rendered):
-    from opd_diag.runs import load_run
+    from opd_diag.core.runs import load_run
 
     run = load_run(runs["preflight"])
     verdict, table = T.verdict(run)
@@ -114,7 +114,7 @@ def test_preflight_numbers_are_table_cells(runs, rendered):
 
 
 def test_training_report_reads_the_loop_tables(runs, rendered):
-    from opd_diag.runs import load_run
+    from opd_diag.core.runs import load_run
 
     run = load_run(runs["train_a"])
     plots = {p.name: p for p in rendered["training"][0].plots}
@@ -168,10 +168,10 @@ def test_cli_writes_and_bad_input_exits_2(runs, tmp_path, capsys):
 
 
 def test_capture_only_run_is_rejected(tiny_pair, tmp_path):
-    from opd_diag.models import load_pair
-    from opd_diag.pipeline import run_capture
-    from opd_diag.prompts import validate_prompts
-    from opd_diag.rollout import SamplingConfig
+    from opd_diag.core.models import load_pair
+    from opd_diag.core.prompts import validate_prompts
+    from opd_diag.states.collect import run_capture
+    from opd_diag.states.rollout import SamplingConfig
 
     run = run_capture(load_pair(*tiny_pair), validate_prompts(pd.DataFrame({"prompt": ["w1 w2"]})),
                       tmp_path / "cap", progress=False,

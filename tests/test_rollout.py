@@ -2,11 +2,11 @@ import pandas as pd
 import pytest
 import torch
 
-from opd_diag.errors import OpdDiagError
-from opd_diag.models import load_model, load_pair
-from opd_diag.pipeline import generate_rollouts, render_prompts
-from opd_diag.prompts import load_prompts
-from opd_diag.rollout import SamplingConfig, render_prompt
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.models import load_model, load_pair
+from opd_diag.core.prompts import load_prompts
+from opd_diag.states.collect import generate_rollouts, render_prompts
+from opd_diag.states.rollout import SamplingConfig, render_prompt
 
 
 def _prompts(pair, prompts_file, cfg):

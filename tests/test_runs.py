@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from opd_diag.errors import OpdDiagError
-from opd_diag.runs import (
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.core.runs import (
     SCHEMA_VERSION,
     append_jsonl,
     load_run,

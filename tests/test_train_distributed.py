@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from opd_diag.cli import main as cli_main
-from opd_diag.runs import load_run
+from opd_diag.core.runs import load_run
 
 torch.set_num_threads(1)
 
@@ -62,7 +62,7 @@ def test_two_ranks_train_like_one_process_and_resume(tiny_pair, tmp_path):
     prompts = _write_prompts(tmp_path, n=5)
     single, multi = tmp_path / "single", tmp_path / "multi"
     assert cli_main(_train_args(tiny_pair, prompts, single)) == 0
-    proc = _torchrun(["-m", "opd_diag.cli", *_train_args(tiny_pair, prompts, multi)], tmp_path)
+    proc = _torchrun(["-m", "opd_diag", *_train_args(tiny_pair, prompts, multi)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = load_run(single), load_run(multi)
@@ -79,7 +79,7 @@ def test_two_ranks_train_like_one_process_and_resume(tiny_pair, tmp_path):
     shutil.rmtree(multi / "checkpoints" / "step-000002")
     meta = json.loads((multi / "run.json").read_text())
     (multi / "run.json").write_text(json.dumps({**meta, "status": "running"}))
-    proc = _torchrun(["-m", "opd_diag.cli", *_train_args(tiny_pair, prompts, multi, "--resume")],
+    proc = _torchrun(["-m", "opd_diag", *_train_args(tiny_pair, prompts, multi, "--resume")],
                      tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same(a, load_run(multi))

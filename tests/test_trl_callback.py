@@ -14,10 +14,10 @@ warnings.filterwarnings("ignore")
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
-from opd_diag.errors import OpdDiagError  # noqa: E402
+from opd_diag.core.errors import OpdDiagError  # noqa: E402
+from opd_diag.core.runs import load_run  # noqa: E402
 from opd_diag.integrations.trl import LOGGED, OPDDiagCallback  # noqa: E402
 from opd_diag.probes import run_probe  # noqa: E402
-from opd_diag.runs import load_run  # noqa: E402
 from opd_diag.testing import make_model_dir, make_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)

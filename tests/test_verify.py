@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from opd_diag.errors import OpdDiagError
-from opd_diag.verify import answers_match, extract_boxed, make_verifier, normalize_answer
+from opd_diag.core.errors import OpdDiagError
+from opd_diag.tasks.verify import answers_match, extract_boxed, make_verifier, normalize_answer
 
 
 def test_boxed_takes_the_last_and_handles_nested_braces():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from opd_diag import vllm_backend
-from opd_diag.errors import OpdDiagError
+from opd_diag.core.errors import OpdDiagError
 
 
 def test_missing_vllm_is_a_clear_error():
@@ -18,11 +18,11 @@ def test_missing_vllm_is_a_clear_error():
 @pytest.mark.skipif(not (vllm_backend.available() and torch.cuda.is_available()),
                     reason="needs vLLM and a CUDA GPU")
 def test_vllm_rollouts_and_scores_match_hf(tiny_pair, tmp_path):
-    from opd_diag.capture import score_states
-    from opd_diag.models import load_pair
-    from opd_diag.pipeline import render_prompts
-    from opd_diag.prompts import load_prompts
-    from opd_diag.rollout import SamplingConfig
+    from opd_diag.core.models import load_pair
+    from opd_diag.core.prompts import load_prompts
+    from opd_diag.states.capture import score_states
+    from opd_diag.states.collect import render_prompts
+    from opd_diag.states.rollout import SamplingConfig
     from opd_diag.testing import write_prompts
 
     pair = load_pair(*tiny_pair, student_device="cuda", teacher_device="cuda")

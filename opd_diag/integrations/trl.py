@@ -1,7 +1,7 @@
 """``OPDDiagCallback``: the paper's alignment metrics inside a TRL distillation run.
 
 Every ``every`` optimizer steps the callback takes a small batch of student samples, scores every
-position with the student and the teacher (:func:`opd_diag.capture.score_states`, the same code
+position with the student and the teacher (:func:`opd_diag.states.capture.score_states`, the same code
 as an offline capture), and
 
 * adds ``opd_diag/overlap_ratio``, ``opd_diag/overlap_mass_s``, ``opd_diag/overlap_mass_t``,
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..capture import score_states, states_table
-from ..errors import OpdDiagError
-from ..pipeline import rollout_id
-from ..rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
-from ..runs import open_run
+from ..core.errors import OpdDiagError
+from ..core.runs import open_run
+from ..states.capture import score_states, states_table
+from ..states.collect import rollout_id
+from ..states.rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
 
 LOGGED = ("overlap_ratio", "overlap_mass_s", "overlap_mass_t", "eq7_advantage", "entropy_gap",
           "H_s", "H_t", "rkl")

@@ -3,65 +3,12 @@
 A probe is ``fn(run: Run, **options) -> pandas.DataFrame``. :func:`run_probe` adds ``probe`` and
 ``probe_version`` columns and writes ``probes/<name>.parquet``, so a table whose meaning changed
 between versions can always be told apart.
+
+May import ``core`` and ``tasks`` only: a probe reads tables and never loads a model, never
+imports ``states`` (generations a probe needs are made by ``preflight`` through ``states``).
 """
 
-from __future__ import annotations
+from . import horizon, novelty, overlap, thinking, tokens  # noqa: F401  (registers the built-ins)
+from .registry import ProbeSpec, get_probe, list_probes, register_probe, run_probe
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import pandas as pd
-
-from ..errors import OpdDiagError
-from ..runs import Run, RunWriter
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    name: str
-    version: int
-    fn: Callable[..., pd.DataFrame]
-    summary: str
-
-
-_REGISTRY: dict[str, ProbeSpec] = {}
-
-
-def register_probe(name: str, version: int, summary: str = ""):
-    """Decorator: register ``fn`` as probe ``name`` at ``version``."""
-
-    def wrap(fn):
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"probe {name!r} registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ProbeSpec(name, version, fn, summary or (doc[0] if doc else ""))
-        return fn
-
-    return wrap
-
-
-def list_probes() -> list[ProbeSpec]:
-    return sorted(_REGISTRY.values(), key=lambda s: s.name)
-
-
-def get_probe(name: str) -> ProbeSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise OpdDiagError(
-            f"unknown probe {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-
-
-def run_probe(name: str, run: Run, write: bool = True, **options) -> pd.DataFrame:
-    """Run a registered probe on a run and (by default) write ``probes/<name>.parquet``."""
-    spec = get_probe(name)
-    df = spec.fn(run, **options)
-    df.insert(0, "probe_version", spec.version)
-    df.insert(0, "probe", spec.name)
-    if write:
-        RunWriter(run.path, run.meta).write_probe(name, df)
-    return df
-
-
-from . import horizon, novelty, overlap, thinking, tokens  # noqa: E402,F401  (registers the built-ins)
+__all__ = ["ProbeSpec", "get_probe", "list_probes", "register_probe", "run_probe"]

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import OpdDiagError
-from ..runs import Run
-from . import register_probe
+from ..core.errors import OpdDiagError
+from ..core.runs import Run
 from .novelty import continuation_advantage
 from .overlap import state_metrics
+from .registry import register_probe
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

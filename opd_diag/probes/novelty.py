@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import OpdDiagError
-from ..runs import Run
-from . import register_probe
+from ..core.errors import OpdDiagError
+from ..core.runs import Run
+from .registry import register_probe
 
 SCORE_RULE = ("novelty = mean over prompts of teacher-minus-student accuracy from the prompt: 0 "
               "on prompts where every first-stage sample of both models had the same outcome, "
@@ -127,7 +127,7 @@ def frontier_gap(first: pd.DataFrame, frontier: pd.DataFrame, seed: int = 0) -> 
     """Two-phase teacher-minus-student accuracy gap (see the module docstring).
 
     ``first``: one row per prompt (``prompt_id``; the first stage, see
-    :func:`opd_diag.extra.first_stage_outcomes`); ``frontier``: the second stage, one row per
+    :func:`opd_diag.states.generations.first_stage_outcomes`); ``frontier``: the second stage, one row per
     (``prompt_id``, ``model`` in {teacher, student}, ``sample``) with ``correct``. Prompts absent
     from ``frontier`` count as settled (gap 0). Returns the score, its CI and the counts.
     """

@@ -25,15 +25,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..divergences import (
+from ..core.divergences import (
     overlap_masses,
     overlap_token_advantage,
     thunlp_advantage_terms,
     topk_membership,
 )
-from ..errors import OpdDiagError
-from ..runs import Run, stack_list_column
-from . import register_probe
+from ..core.errors import OpdDiagError
+from ..core.runs import Run, stack_list_column
+from .registry import register_probe
 
 METRICS = ("overlap_ratio", "overlap_mass_s", "overlap_mass_t", "eq7_advantage",
            "entropy_gap", "H_s", "H_t", "sampled_rkl", "rkl", "fkl", "topk_mass_s", "topk_mass_t")
@@ -116,7 +116,7 @@ def summary(run: Run) -> pd.Series:
     try:
         df = run.probe("overlap")
     except OpdDiagError:
-        from . import run_probe
+        from .registry import run_probe
 
         df = run_probe("overlap", run)
     rows = df[df.level == "run"].sort_values("step")

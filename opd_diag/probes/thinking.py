@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
-from ..errors import OpdDiagError
-from ..runs import Run
-from . import register_probe
+from ..core.errors import OpdDiagError
+from ..core.runs import Run
 from .overlap import state_metrics
+from .registry import register_probe
 
 SCORE_RULE = ("compatibility = share of the teacher's top-k mass that lies on the shared top-k "
               "set at the student's first-step states, Σ_{v∈I} q(v) / Σ_{v∈S_q} q(v) (1 for "

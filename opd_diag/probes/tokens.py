@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..divergences import kl, renormalize
-from ..errors import OpdDiagError
-from ..runs import Run, stack_list_column
-from . import register_probe
+from ..core.divergences import kl, renormalize
+from ..core.errors import OpdDiagError
+from ..core.runs import Run, stack_list_column
+from .registry import register_probe
 
 UNREACHABLE_P = 1e-3
 """A teacher token the student gives less than this probability is "out of reach": at this

@@ -7,6 +7,9 @@ render (:mod:`.render`, ``templates/``).
 
 Notebooks use the same pieces: ``tables.*(run)`` gives the numbers a report prints and
 ``figures.*(table)`` the figure it draws.
+
+May import ``core``, ``probes`` and ``preflight.rules``: a report reads tables and computes nothing
+that needs a model (never ``states``, ``core.models``, ``train`` or ``cli``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runs import Run
+from ..core.runs import Run
 from .build import KINDS, Report, Section, TableBlock, build_report, detect_kind
 
 __all__ = ["KINDS", "Report", "Section", "TableBlock", "build_report", "detect_kind",

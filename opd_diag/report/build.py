@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import OpdDiagError
-from ..runs import Run, load_run
+from ..core.errors import OpdDiagError
+from ..core.runs import Run, load_run
 from . import figures as F
 from . import tables as T
 

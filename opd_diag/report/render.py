@@ -18,7 +18,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from matplotlib.figure import Figure
 
-from ..runs import _atomic_write_bytes
+from ..core.runs import _atomic_write_bytes
 from .build import Report
 
 MAX_ROWS = 300
@@ -79,7 +79,7 @@ def environment() -> Environment:
 
 def render_html(report: Report) -> str:
     """The report as an HTML string."""
-    from .. import __version__
+    from ..version import __version__
 
     return environment().get_template("report.html.j2").render(report=report, version=__version__)
 

@@ -21,8 +21,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from ..errors import OpdDiagError
-from ..runs import Run
+from ..core.errors import OpdDiagError
+from ..core.runs import Run
 
 # Loop scalars the training report plots, grouped into panels: (panel title, metrics.jsonl keys).
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (

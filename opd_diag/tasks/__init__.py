@@ -10,6 +10,8 @@
 True
 
 Register your own with :func:`register_task` (see :mod:`opd_diag.tasks.base`).
+
+Also owns the answer checkers (:mod:`.verify`). May import ``core`` only.
 """
 
 from __future__ import annotations

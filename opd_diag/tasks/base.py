@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import OpdDiagError
+from ..core.errors import OpdDiagError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import OpdDiagError
+from ..core.errors import OpdDiagError
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..divergences import AGGREGATIONS, TOPK_STRATEGIES, TOPK_WEIGHTINGS
-from ..errors import OpdDiagError
+from ..core.divergences import AGGREGATIONS, TOPK_STRATEGIES, TOPK_WEIGHTINGS
+from ..core.errors import OpdDiagError
 
 OBJECTIVES = ("sampled_token", "topk", "reverse_kl", "forward_kl", "jsd")
 SCHEDULES = ("constant", "cosine", "linear")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import OpdDiagError
-from ..prompts import load_prompts
-from ..rollout import SamplingConfig, eos_token_ids, row_seed, sample_batch
-from ..verify import Verifier
+from ..core.errors import OpdDiagError
+from ..core.prompts import load_prompts
+from ..states.rollout import SamplingConfig, eos_token_ids, row_seed, sample_batch
+from ..tasks.verify import Verifier
 
 EVAL_SEED_OFFSET = 1_000_003  # eval sampling never reuses a training row's seed
 

@@ -34,15 +34,15 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..capture import _LIST_COLUMNS, states_table
-from ..errors import OpdDiagError
-from ..models import Pair
-from ..pipeline import generate_rollouts, render_prompts
+from ..core.errors import OpdDiagError
+from ..core.models import Pair
+from ..core.runs import RunWriter, read_jsonl
 from ..probes.overlap import state_metrics
-from ..rollout import SamplingConfig
-from ..runs import RunWriter, read_jsonl
-from ..verify import make_verifier
+from ..states import distributed
+from ..states.capture import _LIST_COLUMNS, states_table
+from ..states.collect import generate_rollouts, render_prompts
+from ..states.rollout import SamplingConfig
+from ..tasks.verify import make_verifier
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .evaluate import evaluate_model, gap_recovery, require_answers

@@ -4,7 +4,7 @@ Context: the diagnostics need both models' statistics at every visited state (th
 engine's ``states`` columns) and the objective needs the student's log-probs *with grad* at the
 same states. Both come from the same logits, so the student runs once, with grad, and the
 teacher once, without: per chunk of positions the captured statistics are computed from the
-*detached* student logits by the capture engine's own :func:`~opd_diag.capture.chunk_stats`
+*detached* student logits by the capture engine's own :func:`~opd_diag.states.capture.chunk_stats`
 (the states table is the one ``opd-diag capture`` writes, column for column), and the objective
 from the live ones. The full-vocabulary objectives (reverse/forward KL, JSD) reuse the same
 teacher logits; nothing runs a model twice.
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .. import divergences as D
-from ..capture import (
+from ..core import divergences as D
+from ..states.capture import (
     chunk_stats,
     empty_scored,
     final_hidden,
@@ -89,7 +89,7 @@ def opd_forward(student_states: torch.nn.Module, student, teacher,
             so the micro-batch losses sum to the step's loss and their gradients to its gradient.
 
     Returns:
-        ``(loss, scored)``: ``scored`` has :func:`opd_diag.capture.score_states`'s columns.
+        ``(loss, scored)``: ``scored`` has :func:`opd_diag.states.capture.score_states`'s columns.
     """
     ids, mask, row_N, pred_N, t_N, token_N = prediction_index(prompt_ids, completion_ids, pad_id)
     s_dev, t_dev = (next(m.parameters()).device for m in (student, teacher))

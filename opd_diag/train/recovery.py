@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture import CaptureConfig
-from ..errors import OpdDiagError
-from ..models import Pair
-from ..pipeline import capture_rollouts, generate_rollouts, render_prompts
+from ..core.errors import OpdDiagError
+from ..core.models import Pair
 from ..probes.overlap import state_metrics
-from ..rollout import SamplingConfig, eos_token_ids, row_seed, sample_batch
-from ..verify import make_verifier
+from ..states.capture import CaptureConfig
+from ..states.collect import capture_rollouts, generate_rollouts, render_prompts
+from ..states.rollout import SamplingConfig, eos_token_ids, row_seed, sample_batch
+from ..tasks.verify import make_verifier
 
 
 def is_repetitive(text: str) -> bool:
@@ -107,7 +107,7 @@ def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, cfg: ColdStartConfig) ->
 
 def sft(model, examples: pd.DataFrame, cfg: ColdStartConfig, pad_id: int) -> list[float]:
     """Completion-only SFT (cross-entropy on completion tokens, token-mean per batch)."""
-    from ..capture import final_hidden, lm_head_logits
+    from ..states.capture import final_hidden, lm_head_logits
 
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -5,6 +5,9 @@
 >>> prompts = pair.prompts(256)           # DataFrame: prompt, answer, difficulty
 >>> evals = pair.eval_sets(200)           # DataFrame: prompt, answer, subset, difficulty
 >>> model_dir(pair.student)               # a standard HF directory
+
+The zoo sits on top of the library (it trains, pre-flights and validates its pairs): it may
+import every stage except ``cli``.
 """
 
 from __future__ import annotations

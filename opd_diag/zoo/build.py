@@ -168,7 +168,7 @@ def build_zoo(
     for spec in specs:
         init = out_dir / spec.init_from if spec.init_from else None
         if init is not None and not (init / "config.json").exists():
-            from ..errors import OpdDiagError
+            from ..core.errors import OpdDiagError
 
             raise OpdDiagError(
                 f"{spec.name} starts from {spec.init_from}; build that first (not in {out_dir})"

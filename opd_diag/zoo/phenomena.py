@@ -30,7 +30,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
 
 
 def _metrics(root: Path, name: str) -> pd.DataFrame | None:
-    from ..runs import load_run
+    from ..core.runs import load_run
 
     path = root / name
     if not (path / "run.json").is_file():
@@ -39,7 +39,7 @@ def _metrics(root: Path, name: str) -> pd.DataFrame | None:
 
 
 def _probe(root: Path, pair: str, probe: str) -> pd.DataFrame | None:
-    from ..runs import load_run
+    from ..core.runs import load_run
 
     path = root / f"preflight-{pair}"
     if not (path / "probes" / f"{probe}.parquet").is_file():

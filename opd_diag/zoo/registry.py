@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import OpdDiagError
+from ..core.errors import OpdDiagError
 from .data import SUBSETS, eval_set, prompt_set
 from .specs import MODEL_SPECS
 

@@ -98,7 +98,7 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
 
 
 def get_spec(name: str) -> ModelSpec:
-    from ..errors import OpdDiagError
+    from ..core.errors import OpdDiagError
 
     for spec in MODEL_SPECS:
         if spec.name == name:

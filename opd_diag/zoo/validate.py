@@ -48,7 +48,7 @@ RUNS: tuple[ValidationRun, ...] = (
 
 
 def _complete(path: Path) -> bool:
-    from ..runs import is_complete
+    from ..core.runs import is_complete
 
     return is_complete(path)
 
@@ -58,8 +58,8 @@ def coldstart_dir(root: Path, pair: str) -> Path:
 
 
 def _coldstart(root: Path, spec: ValidationRun) -> Path:
-    from ..models import load_pair
-    from ..prompts import validate_prompts
+    from ..core.models import load_pair
+    from ..core.prompts import validate_prompts
     from ..train.recovery import ColdStartConfig, coldstart
     from . import get_pair, model_dir
 
@@ -81,8 +81,8 @@ def run_one(root: str | Path, spec: ValidationRun, progress: bool = False) -> Pa
     """Run (or reuse) one validation run; returns its directory."""
     import torch
 
-    from ..models import load_pair
-    from ..prompts import validate_prompts
+    from ..core.models import load_pair
+    from ..core.prompts import validate_prompts
     from ..train.config import resolve_config
     from ..train.loop import train
     from . import get_pair, model_dir
@@ -140,7 +140,7 @@ def _first(metrics: pd.DataFrame, col: str) -> float:
 
 def summarize(root: str | Path = "runs/examples") -> pd.DataFrame:
     """One row per validation run found under ``root``."""
-    from ..runs import load_run
+    from ..core.runs import load_run
 
     rows = []
     for spec in RUNS:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..errors import OpdDiagError
-from .config import PRESETS, TrainConfig
+from ..core.errors import OpdDiagError
+from ..train.config import PRESETS, TrainConfig
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
 
@@ -63,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="teacher sampling temperature")
     p.add_argument("--top-p", type=float, default=0.95, help="teacher nucleus mass")
     p.add_argument("--max-new-tokens", type=int, default=256, help="teacher completion budget")
-    p.add_argument("--checker", default="auto", help="answer checker (see opd_diag.verify)")
+    p.add_argument("--checker", default="auto", help="answer checker (see opd_diag.tasks.verify)")
     p.add_argument("--epochs", type=int, default=2, help="SFT epochs")
     p.add_argument("--lr", type=float, default=1e-4, help="SFT learning rate")
     p.add_argument("--batch-size", type=int, default=16, help="SFT sequences per step")
@@ -96,7 +96,7 @@ def register(sub) -> None:
 
 
 def _pair(args, cfg: TrainConfig | None = None):
-    from ..models import load_pair
+    from ..core.models import load_pair
 
     return load_pair(args.student, args.teacher,
                      student_dtype=cfg.dtype if cfg else "float32",
@@ -107,10 +107,10 @@ def _pair(args, cfg: TrainConfig | None = None):
 
 
 def cmd_train(args) -> int:
-    from ..prompts import load_prompts
-    from .config import resolve_config
-    from .evaluate import load_eval_prompts
-    from .loop import init_distributed, train
+    from ..core.prompts import load_prompts
+    from ..train.config import resolve_config
+    from ..train.evaluate import load_eval_prompts
+    from ..train.loop import init_distributed, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     cfg = resolve_config(args.preset, args.config, overrides)
@@ -128,8 +128,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_coldstart(args) -> int:
-    from ..prompts import load_prompts
-    from .recovery import ColdStartConfig, coldstart
+    from ..core.prompts import load_prompts
+    from ..train.recovery import ColdStartConfig, coldstart
 
     cfg = ColdStartConfig(n_samples=args.n_samples, temperature=args.temperature,
                           top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -144,8 +144,8 @@ def cmd_coldstart(args) -> int:
 
 
 def cmd_select_prompts(args) -> int:
-    from ..prompts import load_prompts
-    from .recovery import select_prompts
+    from ..core.prompts import load_prompts
+    from ..train.recovery import select_prompts
 
     ranked = select_prompts(_pair(args), load_prompts(args.prompts), args.out, by=args.by,
                             keep=args.keep, templates=args.template, n_samples=args.n_samples,

@@ -30,8 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .divergences import entropy_and_kls, softmax_stats
-from .errors import OpdDiagError
+from ..core.divergences import entropy_and_kls, softmax_stats
+from ..core.errors import OpdDiagError
 
 _CHUNK_ELEMENTS = 1 << 24  # 16M floats = 64 MB per [chunk, V] float32 buffer
 

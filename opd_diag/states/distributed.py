@@ -3,7 +3,7 @@
 Context: capture is embarrassingly parallel over rollouts. Every rank loads both models (on its
 own GPU under ``torchrun``), takes every ``world_size``-th unit of work, and writes its own shards
 (``part-<key>-r<rank>.parquet``). Nothing is gathered in memory: the run directory *is* the
-gather, and :func:`opd_diag.runs.read_table` merges shards by their global key.
+gather, and :func:`opd_diag.core.runs.read_table` merges shards by their global key.
 
 Intuition for exact equality with one process: the unit of work is the *global* generation batch
 (consecutive prompt rows), not a per-rank re-batching of a prompt slice. Each row is therefore
@@ -16,7 +16,7 @@ the models sit on CPUs or GPUs and whether or not the caller already set up an N
 
 Launch::
 
-    torchrun --nproc_per_node=8 -m opd_diag.cli capture --student S --teacher T ...
+    torchrun --nproc_per_node=8 -m opd_diag capture --student S --teacher T ...
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OpdDiagError
-from .runs import RunWriter, open_run
+from ..core.errors import OpdDiagError
+from ..core.runs import RunWriter, open_run
 
 _GROUP = None  # the gloo group used for control messages
 
@@ -153,7 +153,7 @@ def check_same_config(ctx: DistContext, config: dict, what: str = "config") -> N
 
 @contextmanager
 def open_run_ranks(ctx: DistContext, path: str | Path, kind: str, config: dict, **kw):
-    """:func:`opd_diag.runs.open_run` for every rank of a job; yields that rank's writer.
+    """:func:`opd_diag.core.runs.open_run` for every rank of a job; yields that rank's writer.
 
     Rank 0 creates (or resumes) the directory and owns ``run.json``; the others wait, then write
     only their own shards. Failures are agreed on: if opening fails on rank 0, or the body raises

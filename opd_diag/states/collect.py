@@ -15,12 +15,12 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ..core.errors import OpdDiagError
+from ..core.models import Pair
+from ..core.runs import RunWriter, read_table
 from . import distributed
 from .capture import CaptureConfig, score_states, states_table
-from .errors import OpdDiagError
-from .models import Pair
 from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
-from .runs import RunWriter, read_table
 
 Verifier = Callable[[str, str], bool]
 """``verifier(completion_text, answer) -> bool``: is this completion correct?"""

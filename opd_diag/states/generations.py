@@ -28,14 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.divergences import kl
+from ..core.errors import OpdDiagError
+from ..core.models import LoadedModel, Pair
+from ..core.runs import Run, RunWriter
 from .capture import CaptureConfig, score_states
-from .divergences import kl
-from .errors import OpdDiagError
-from .models import LoadedModel, Pair
-from .pipeline import Verifier, run_capture
-from .probes.novelty import first_stage_outcomes, frontier_prompts
+from .collect import Verifier, run_capture
 from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
-from .runs import Run, RunWriter
 
 
 def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, run_dir: Path, sampling: SamplingConfig,
@@ -117,14 +116,16 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
     return df
 
 
-def frontier_samples(pair: Pair, run: Run, *, n_samples: int, verifier: Verifier,
+def frontier_samples(pair: Pair, run: Run, frontier: list[int], *, n_samples: int,
+                     verifier: Verifier,
                      sampling: SamplingConfig, batch_size: int = 32,
                      max_total: int | None = None) -> pd.DataFrame:
     """Second stage of the novelty estimate: ``n_samples`` fresh samples per model from each
     frontier prompt (depth 0, the run's rendering). ``max_total`` caps the samples per model:
     with many frontier prompts each gets ``max(2, max_total // n_frontier)`` instead.
 
-    Frontier prompts are chosen from the first-stage samples only (:func:`frontier_prompts`),
+    ``frontier`` are the prompt ids chosen from the first-stage samples only
+    (:func:`opd_diag.probes.novelty.frontier_prompts`),
     and the second-stage samples are new draws, so their accuracies are unbiased for those
     prompts (two-phase sampling; re-using the first-stage samples would bias the gap upward,
     since a prompt is selected *because* one model failed there). Teacher and student share a
@@ -136,11 +137,7 @@ def frontier_samples(pair: Pair, run: Run, *, n_samples: int, verifier: Verifier
     """
     if n_samples <= 0:
         raise OpdDiagError(f"frontier samples per prompt must be positive, got {n_samples}")
-    first, same = first_stage_outcomes(run)
-    if len(first) == 0:
-        raise OpdDiagError("frontier samples need prompts with answers (an 'answer' column) "
-                           "and a verifier")
-    pids = frontier_prompts(first, same)
+    pids = [int(p) for p in frontier]
     if max_total is not None and pids:
         n_samples = max(2, min(n_samples, max_total // len(pids)))
     prompts = run.prompts.set_index("prompt_id")

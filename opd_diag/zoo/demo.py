@@ -15,14 +15,14 @@ DEMO_PAIRS = ("success", "incompatible", "out-of-reach")
 
 def run_demo(out: str | Path, steps: int = 30, progress: bool = True) -> dict:
     """Run the demo into ``out``; returns ``{pair: verdict}`` and the report paths."""
-    from .models import load_model, load_pair
-    from .preflight import PreflightConfig, run_preflight
-    from .prompts import validate_prompts
-    from .report import write_report
-    from .train.config import resolve_config
-    from .train.loop import train
-    from .verify import make_verifier
-    from .zoo import get_pair, model_dir, pairs_table
+    from ..core.models import load_model, load_pair
+    from ..core.prompts import validate_prompts
+    from ..preflight import PreflightConfig, run_preflight
+    from ..report import write_report
+    from ..tasks.verify import make_verifier
+    from ..train.config import resolve_config
+    from ..train.loop import train
+    from . import get_pair, model_dir, pairs_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Context: most OPD runs happen in TRL or verl. Both can dump the student's samples as text; this
 module re-tokenises them, scores every completion position with both models (the same
 ``capture_rollouts`` as an offline capture) and writes ``prompts``/``rollouts``/``states`` tables
-with the schema of :func:`opd_diag.pipeline.run_capture`, ``step`` taken from the log.
+with the schema of :func:`opd_diag.states.collect.run_capture`, ``step`` taken from the log.
 
 Formats (``fmt``):
 
@@ -40,13 +40,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .capture import CaptureConfig
-from .errors import OpdDiagError
-from .models import Pair
-from .pipeline import capture_rollouts, rollout_id
-from .prompts import read_jsonl_objects
-from .rollout import eos_token_ids, render_prompt
-from .runs import open_run
+from ..core.errors import OpdDiagError
+from ..core.models import Pair
+from ..core.prompts import read_jsonl_objects
+from ..core.runs import open_run
+from ..states.capture import CaptureConfig
+from ..states.collect import capture_rollouts, rollout_id
+from ..states.rollout import eos_token_ids, render_prompt
 
 FORMATS = ("trl", "verl", "jsonl")
 PROMPT_FORMATS = ("auto", "chat", "rendered", "raw")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import OpdDiagError
+from ..core.errors import OpdDiagError
 
 Extractor = Callable[[str], "str | None"]
 Checker = Callable[[str, str], bool]
@@ -131,7 +131,7 @@ def make_verifier(spec: str = "auto") -> Verifier:
         return _from_extractor(spec, lambda text: _last_match(pattern, text))
     if spec.startswith("task:"):
         try:
-            from .tasks import get_task
+            from . import get_task
         except ImportError:
             raise OpdDiagError(f"checker {spec!r}: opd_diag.tasks is not available") from None
         task = get_task(spec[len("task:"):])

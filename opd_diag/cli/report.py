@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import OpdDiagError
-from .build import KINDS
+from ..core.errors import OpdDiagError
+from ..report.build import KINDS
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from . import write_report
+    from ..report import write_report
 
     if not args.runs:
         raise OpdDiagError("no runs given: opd-diag report RUN [RUN ...] --out FILE.html")

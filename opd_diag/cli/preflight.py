@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import OpdDiagError
+from ..core.errors import OpdDiagError
 
 
 def register(sub) -> None:
@@ -71,8 +71,8 @@ def _teacher_prompt_column(prompts, args) -> list[str] | None:
 
 
 def _pair_inputs(args):
-    from .preflight import BUDGETS
-    from .zoo import get_pair, get_spec, model_dir
+    from ..preflight import BUDGETS
+    from ..zoo import get_pair, get_spec, model_dir
 
     zp = get_pair(args.pair)
     # n <= 0 still makes one prompt here, so that PreflightConfig reports the bad flag
@@ -86,10 +86,10 @@ def _pair_inputs(args):
 
 
 def cmd_preflight(args) -> int:
-    from .models import load_model, load_pair
-    from .preflight import PreflightConfig, run_preflight
-    from .prompts import load_prompts, validate_prompts
-    from .verify import make_verifier
+    from ..core.models import load_model, load_pair
+    from ..core.prompts import load_prompts, validate_prompts
+    from ..preflight import PreflightConfig, run_preflight
+    from ..tasks.verify import make_verifier
 
     if args.pair:
         if args.student or args.teacher or args.prompts:

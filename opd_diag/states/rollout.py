@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .errors import OpdDiagError
+from ..core.errors import OpdDiagError
 
 
 @dataclass

@@ -9,9 +9,9 @@ vLLM returns only the top-``n`` log-probs per position, so :func:`score_states_v
 ``prompt_logprobs = vocab`` and is exact only when the whole vocabulary comes back — practical for
 small vocabularies (the zoo: ~330 tokens), not for 150k-token models, where it refuses. The
 recommended split for real models is therefore **vLLM for rollouts, HF
-(:func:`opd_diag.capture.score_states`) for states**: :func:`generate_rollouts_vllm` returns the
-same rollouts frame as :func:`opd_diag.pipeline.generate_rollouts`, and
-:func:`opd_diag.pipeline.capture_rollouts` scores it.
+(:func:`opd_diag.states.capture.score_states`) for states**: :func:`generate_rollouts_vllm` returns the
+same rollouts frame as :func:`opd_diag.states.collect.generate_rollouts`, and
+:func:`opd_diag.states.collect.capture_rollouts` scores it.
 
 Reproducibility: each row gets ``SamplingParams(seed=row_seed(seed + step, prompt_id, sample))``,
 so rows are independent of batching and sharding, as in the HF sampler — but the two samplers use
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import OpdDiagError
+from ..core.errors import OpdDiagError
 from .rollout import SamplingConfig, row_seed
 
 MAX_FULL_VOCAB = 8192  # above this, full-vocabulary prompt log-probs are too slow in vLLM
@@ -60,7 +60,7 @@ def load_llm(path: str, *, dtype: str = "bfloat16", gpu_memory_utilization: floa
 
 def generate_rollouts_vllm(llm, tokenizer, prompts: pd.DataFrame, rows: list[tuple[int, int]],
                            sampling: SamplingConfig, step: int = -1) -> pd.DataFrame:
-    """The rollouts frame of :func:`opd_diag.pipeline.generate_rollouts`, sampled by vLLM.
+    """The rollouts frame of :func:`opd_diag.states.collect.generate_rollouts`, sampled by vLLM.
 
     Args:
         llm: the student as a ``vllm.LLM``.
@@ -70,7 +70,7 @@ def generate_rollouts_vllm(llm, tokenizer, prompts: pd.DataFrame, rows: list[tup
         sampling: temperature, top-p, budget and base seed.
         step: training step (−1 offline).
     """
-    from .pipeline import rollout_id
+    from .collect import rollout_id
 
     vllm = _vllm()
     pids = prompts.prompt_id.to_numpy()
@@ -119,7 +119,7 @@ def completion_logprobs(llm, prompt_ids: list[list[int]], completion_ids: list[l
 def score_states_vllm(student_llm, teacher_llm, prompt_ids: list[list[int]],
                       completion_ids: list[list[int]], *, top_k: int, temperature: float = 1.0,
                       vocab: int) -> dict[str, np.ndarray]:
-    """:func:`opd_diag.capture.score_states`'s output, from vLLM full-vocabulary prompt log-probs."""
+    """:func:`opd_diag.states.capture.score_states`'s output, from vLLM full-vocabulary prompt log-probs."""
     if vocab > MAX_FULL_VOCAB:
         raise OpdDiagError(f"vLLM scoring needs full-vocabulary log-probs; {vocab} tokens is above "
                            f"{MAX_FULL_VOCAB}: use vLLM for rollouts and HF score_states for states")

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def cmd_list(args) -> int:
-    from . import list_models, pairs_table
+    from ..zoo import list_models, pairs_table
 
     if args.models:
         print("\n".join(list_models()))
@@ -38,7 +38,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from . import ZOO_DIR, build_zoo
+    from ..zoo import ZOO_DIR, build_zoo
 
     cards = build_zoo(only=args.only, out_dir=args.out or ZOO_DIR, quick=args.quick,
                       progress=not args.quiet)
@@ -50,7 +50,7 @@ def cmd_build(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
-    from .validate import validate
+    from ..zoo.validate import validate
 
     df = validate(args.runs, args.only, args.workers)
     df.to_csv(Path(args.runs) / "zoo-validation.csv", index=False)

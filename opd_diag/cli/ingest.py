@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .ingest import FORMATS, PROMPT_FORMATS
+from ..integrations.ingest import FORMATS, PROMPT_FORMATS
 
 
 def add_from_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -23,7 +23,7 @@ def add_from_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def register(sub) -> None:
-    from .cli import _add_pair_args
+    from .common import add_pair_args
 
     p = sub.add_parser(
         "ingest", help="turn a TRL / verl / JSONL trajectory log into a run directory",
@@ -31,7 +31,7 @@ def register(sub) -> None:
         "every completion position with both models and write prompts/rollouts/states tables "
         "with the log's step, ready for `opd-diag probe`.",
     )
-    _add_pair_args(p)
+    add_pair_args(p)
     add_from_args(p, required=True)
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--temperature", type=float, default=1.0,
@@ -45,10 +45,10 @@ def register(sub) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from .capture import CaptureConfig
-    from .errors import OpdDiagError
-    from .ingest import ingest
-    from .models import load_pair
+    from ..core.errors import OpdDiagError
+    from ..core.models import load_pair
+    from ..integrations.ingest import ingest
+    from ..states.capture import CaptureConfig
 
     fmt, path = args.from_log
     if fmt not in FORMATS:

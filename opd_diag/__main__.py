@@ -1,0 +1,7 @@
+"""``python -m opd_diag`` is ``opd-diag``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench clean reports
+.PHONY: setup demo test lint bench clean reports notebooks
 
 $(VENV)/.setup-done: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ demo: setup
 	$(VENV)/bin/opd-diag demo --out runs/demo
 
 lint: setup
-	$(VENV)/bin/ruff check opd_diag tests benchmarks
+	$(VENV)/bin/ruff check opd_diag tests benchmarks scripts
 
 test: setup lint
 	$(PY) -m pytest tests
@@ -47,6 +47,10 @@ bench: setup
 
 reports: setup
 	$(PY) -m opd_diag.cli.examples --runs runs/examples --out reports
+
+notebooks: setup
+	@test -d runs/demo/preflight-success || $(VENV)/bin/opd-diag demo --out runs/demo
+	$(PY) scripts/execute_notebooks.py
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

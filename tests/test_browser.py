@@ -200,3 +200,23 @@ def test_model_text_never_executes_even_without_csp(reports, browser, kind):
     assert not any(e.get("method") == "Page.javascriptDialogOpening" for e in browser.events)
     assert state["scripts"] == 0 and not state["pwned"] and state["title"] != "PWNED"
     assert state["text"], "the payload is shown as text"
+
+
+OVERFLOW = """JSON.stringify({
+  page: document.documentElement.scrollWidth, viewport: window.innerWidth,
+  unscrolled: [...document.querySelectorAll('table')].filter(t =>
+      !t.closest('.scroll') && t.getBoundingClientRect().right > window.innerWidth).length,
+  clipped_cells: [...document.querySelectorAll('td, th')].filter(c =>
+      getComputedStyle(c).overflow === 'hidden' && c.scrollWidth > c.clientWidth + 1).length})"""
+
+
+@pytest.mark.parametrize("kind", ["preflight", "training", "comparison"])
+@pytest.mark.parametrize("width", [1200, 800])
+def test_wide_tables_scroll_instead_of_overflowing_the_page(reports, browser, kind, width):
+    session = browser.open(reports[kind].resolve().as_uri())
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                 session=session)
+    state = json.loads(browser.evaluate(OVERFLOW, session))
+    assert state["page"] <= state["viewport"], f"the page scrolls sideways: {state}"
+    assert state["unscrolled"] == 0 and state["clipped_cells"] == 0, state

@@ -144,3 +144,48 @@ def test_run_json_records_provenance_and_vocab(big_vocab_pair, tmp_path):
     ids = stack_list_column(run.states, "topk_ids_t")
     assert ids.max() < 50_000
     assert read_table(tmp_path / "r" / "prompts.parquet").render.iat[0] == "raw"
+
+
+# --- issue 12: the capture head must be the model's head ---------------------------------
+
+
+def test_granite_logits_scaling_is_captured_exactly(tmp_path):
+    """Granite divides its logits by ``logits_scaling`` (8 here); the capture must too."""
+    from opd_diag.core.models import load_model
+    from opd_diag.testing import make_granite_dir
+
+    m = load_model(make_granite_dir(tmp_path / "granite", logits_scaling=8.0))
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(4, 64, 5)) for _ in range(2)]
+    comps = [list(rng.integers(4, 64, n)) for n in (6, 3)]
+    sc = score_states(m.model, m.model, prompts, comps, top_k=4, vocab=64, pad_id=0)
+    ref = _brute_force(m.model, [p + c for p, c in zip(prompts, comps)], [5, 5], 64, 1.0)
+    tok = torch.tensor(np.concatenate(comps))
+    expected = ref.gather(1, tok[:, None])[:, 0].float().numpy()
+    np.testing.assert_allclose(sc["logp_s"], expected, atol=1e-4)
+
+
+def test_head_check_stops_on_an_unknown_logit_transform(tiny_pair):
+    """A config field the re-implemented head applies but the model's forward does not (or the
+    reverse, e.g. MiniCPM's hidden scaling) is caught on the first batch, naming the arch."""
+    from opd_diag.core.errors import OpdDiagError
+    from opd_diag.core.models import load_model
+
+    m = load_model(tiny_pair[1])
+    m.model.config.logit_scale = 3.0  # Llama's forward ignores it; lm_head_logits would apply it
+    with pytest.raises(OpdDiagError, match="LlamaForCausalLM.*not reproduced|not reproduced.*LlamaForCausalLM"):
+        score_states(m.model, m.model, [[1, 5, 6]], [[7, 8, 9]], top_k=4, vocab=64, pad_id=0)
+
+
+def test_head_runs_in_float32_for_bf16_models(tiny_pair):
+    from opd_diag.core.models import load_model
+    from opd_diag.states.capture import lm_head_logits
+
+    m = load_model(tiny_pair[1], dtype="bfloat16")
+    h = torch.randn(5, m.model.config.hidden_size).to(torch.bfloat16)
+    z = lm_head_logits(m.model, h)
+    assert z.dtype == torch.float32
+    W = m.model.get_output_embeddings().weight
+    torch.testing.assert_close(z, h.float() @ W.float().T)
+    # and the bf16 capture passes the head check at bf16 tolerance
+    score_states(m.model, m.model, [[1, 5, 6]], [[7, 8, 9]], top_k=4, vocab=64, pad_id=0)

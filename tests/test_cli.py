@@ -130,14 +130,19 @@ def test_prompt_longer_than_context(tiny_pair, tmp_path, capsys):
     (["--n-samples", "0"], "n_samples must be a positive integer"),
     (["--top-k", "65"], "exceeds the vocabulary"),
     (["--top-k", "0"], "top_k must be a positive integer"),
-    (["--temperature", "-0.5"], "temperature must be"),
+    (["--temperature", "-0.5"], "--temperature: -0.5 is outside [0, inf)"),
+    (["--temperature", "nan"], "--temperature: 'nan' is not a finite number"),
+    (["--top-p", "0"], "--top-p: 0 is outside (0, 1]"),
     (["--student-dtype", "int3"], "unknown dtype"),
 ])
 def test_bad_numbers(tiny_pair, prompts_file, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"
     s, t = tiny_pair
-    code = main(["--quiet", "capture", "--student", str(s), "--teacher", str(t), "--prompts",
-                 str(prompts_file), "--out", str(out), *flags])
+    try:
+        code = main(["--quiet", "capture", "--student", str(s), "--teacher", str(t), "--prompts",
+                     str(prompts_file), "--out", str(out), *flags])
+    except SystemExit as exc:  # a flag argparse rejects (its type checks range and finiteness)
+        code = exc.code
     _expect_error(capsys, code, needle, out)
 
 
@@ -171,3 +176,104 @@ def test_torch_untouched_dtype_bf16_teacher(tiny_pair, prompts_file, tmp_path):
     assert _capture(tiny_pair, prompts_file, out, "--teacher-dtype", "bfloat16") == 0
     assert load_run(out).meta["models"]["teacher"]["dtype"] == "bfloat16"
     assert torch.get_default_dtype() == torch.float32
+
+
+def _subparsers(parser, prefix=""):
+    """``{"capture": parser, "zoo list": parser, ...}``: every (sub)command's parser."""
+    import argparse
+
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[f"{prefix}{name}"] = sub
+                out.update(_subparsers(sub, f"{prefix}{name} "))
+    return out
+
+
+def _flags(parser):
+    import argparse
+
+    return {s: a for a in parser._actions if not isinstance(a, (argparse._HelpAction,
+                                                                argparse._SubParsersAction))
+            for s in a.option_strings or [a.dest]}
+
+
+def test_every_flag_has_help_and_its_default():
+    """Issue 16.5: each flag says what it does and, when it has a value default, what it is."""
+    import argparse
+
+    from opd_diag.cli import build_parser
+
+    missing, no_default = [], []
+    for cmd, parser in _subparsers(build_parser()).items():
+        for flag, action in _flags(parser).items():
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{cmd} {flag}")
+            elif (action.default not in (None, False, [], argparse.SUPPRESS)
+                  and not action.option_strings == [] and "default" not in action.help
+                  and not isinstance(action, argparse._StoreTrueAction)):
+                no_default.append(f"{cmd} {flag} (default {action.default!r})")
+    assert not missing, f"flags without help: {missing}"
+    assert not no_default, f"help does not name the default: {no_default}"
+
+
+def test_shared_flags_mean_the_same_everywhere():
+    """Issue 16.5: a flag several subcommands share has one help text, type and default;
+    every writer of a directory has --overwrite; every command that loads models takes a
+    device and dtype per model."""
+    import re
+    from dataclasses import fields
+
+    from opd_diag.cli import build_parser
+    from opd_diag.cli.common import HELP
+    from opd_diag.train.config import TrainConfig
+
+    config_fields = {f.name for f in fields(TrainConfig)}
+    parsers = _subparsers(build_parser())
+    seen: dict[str, set] = {}
+    train_defaults: dict[str, str] = {}
+    for cmd, parser in parsers.items():
+        for flag, action in _flags(parser).items():
+            name = flag.lstrip("-")
+            if name not in HELP or (cmd == "train" and flag == "--top-k") or \
+                    (cmd == "rank-teachers" and name in ("student", "teacher")):
+                continue  # rank-teachers also takes zoo names, and --teacher repeatedly
+            if name.endswith(("-device", "-dtype")):
+                # per-model device / dtype: the same documented default everywhere (train's
+                # config flags default to None = "from --preset / --config", documented the same)
+                # or, beside --device / --dtype (preflight, rank-teachers), that one
+                documented = re.search(r"\(default ([^)]*)\)", action.help)[1]
+                allowed = {"cpu", "--device"} if name.endswith("device") else \
+                    {"float32", "--dtype"}
+                assert documented in allowed, (cmd, flag, action.help)
+                continue
+            if cmd == "train" and action.dest in config_fields:
+                # a config flag (default None = "from --preset / --config"): same default
+                train_defaults[flag] = re.search(r"\(default ([^)]*)\)", action.help)[1]
+                continue
+            key = (action.help, repr(action.default), getattr(action.type, "__name__", None),
+                   type(action).__name__)
+            seen.setdefault(flag, set()).add(key)
+    assert len(seen) >= 7, seen.keys()
+    differing = {f: v for f, v in seen.items() if len(v) > 1}
+    assert not differing, differing
+    assert train_defaults == {"--seed": "0", "--raw-prompt": "False"}, train_defaults
+    for flag, documented in train_defaults.items():
+        (_, default, _, _), = seen[flag]
+        assert documented == default, (flag, documented, default)
+    assert parsers["capture"].parse_args(["--student", "s", "--teacher", "t", "--out", "o"]
+                                         ).top_k == 16
+    for cmd in ("capture", "ingest", "preflight", "train", "coldstart", "rank-teachers"):
+        assert "--overwrite" in _flags(parsers[cmd]), cmd
+    for cmd in ("capture", "ingest", "preflight", "train", "coldstart", "select-prompts",
+                "rank-teachers"):
+        flags = _flags(parsers[cmd])
+        for flag in ("--student-device", "--teacher-device", "--student-dtype",
+                     "--teacher-dtype", "--trust-remote-code"):
+            assert flag in flags, (cmd, flag)
+    # --top-k is the captured list size everywhere; train's loss support has its own flag
+    train = _flags(parsers["train"])
+    assert train["--loss-top-k"].dest == "top_k" and train["--capture-top-k"].dest == \
+        "capture_top_k"
+    assert train["--student-device"].dest == train["--device"].dest == "device"

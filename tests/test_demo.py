@@ -14,5 +14,7 @@ def test_demo_runs_on_the_zoo(tmp_path, capsys):
         assert f"pre-flight {pair!r}" in text
         assert (out / f"preflight-{pair}.html").stat().st_size > 10_000
     assert "VERDICT:" in text
-    assert (out / "opd-success" / "metrics.jsonl").read_text().count("\n") == 2
-    assert (out / "opd-success.html").exists() and (out / "preflight-comparison.html").exists()
+    for pair in ("success", "incompatible"):  # the runs notebooks 02-04 read by default
+        assert (out / f"opd-{pair}" / "metrics.jsonl").read_text().count("\n") == 2
+        assert (out / f"opd-{pair}.html").exists()
+    assert (out / "preflight-comparison.html").exists() and (out / "opd-comparison.html").exists()

@@ -228,3 +228,81 @@ def test_cli_train_errors_exit_2(tiny_pair, prompts_file, tmp_path):
     assert main([*base, "--strategy", "nope"]) == 2
     assert main([*base, "--eval-every", "1"]) == 2
     assert not Path(tmp_path / "r").exists()
+
+
+# --- issue 12: right on real models -------------------------------------------------------
+
+
+def _movement(model, start) -> float:
+    return sum(float((p.detach().float() - w).abs().sum())
+               for p, w in zip(model.parameters(), start, strict=True)) / sum(w.numel() for w in start)
+
+
+def test_bf16_training_tracks_fp32(tiny_pair, prompts_file, tmp_path):
+    """fp32 masters + bf16 autocast: a bf16 run moves the student as far as an fp32 one (pure
+    bf16 AdamW at lr 1e-5 moved it 0.05× as far: updates below bf16 resolution)."""
+    moved, losses = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        pair = load_pair(*tiny_pair, student_dtype=dtype)
+        start = [p.detach().float().clone() for p in pair.student.model.parameters()]
+        cfg = resolve_config("tiny", overrides={"steps": 4, "lr": 1e-5, "dtype": dtype})
+        train(pair, load_prompts(prompts_file), tmp_path / dtype, cfg, progress=False)
+        moved[dtype] = _movement(pair.student.model, start)
+        losses[dtype] = load_run(tmp_path / dtype).metrics.loss.to_numpy()
+        assert next(pair.student.model.parameters()).dtype == torch.float32  # the masters
+    ratio = moved["bfloat16"] / moved["float32"]
+    assert 0.5 <= ratio <= 2.0, ratio
+    assert losses["bfloat16"].mean() == pytest.approx(losses["float32"].mean(), rel=0.1)
+    meta = json.loads((tmp_path / "bfloat16" / "run.json").read_text())
+    assert meta["precision"]["master_weights"] == "float32"
+    assert meta["precision"]["autocast"] == "bfloat16"
+    # the --resume checkpoint stores the fp32 masters
+    from safetensors.torch import load_file
+
+    ckpt = sorted((tmp_path / "bfloat16" / "checkpoints").glob("step-*"))[-1]
+    assert {t.dtype for t in load_file(str(ckpt / "model.safetensors")).values()} == {torch.float32}
+
+
+def test_top_p_below_one_is_refused():
+    with pytest.raises(OpdDiagError, match="top_p 0.9 < 1 is refused"):
+        TrainConfig(top_p=0.9)
+
+
+def test_states_sample_keeps_scalars_exact(tiny_pair, prompts_file, tmp_path):
+    full = _run(tiny_pair, prompts_file, tmp_path / "full", batch_prompts=4, n_samples=2)
+    part = _run(tiny_pair, prompts_file, tmp_path / "part", batch_prompts=4, n_samples=2,
+                states_sample=0.5)
+    scalars = ["loss", "rkl", "H_s", "overlap_ratio", "n_tokens"]
+    pd.testing.assert_frame_equal(full.metrics[scalars], part.metrics[scalars])
+    kept = set(part.states.rollout_id)
+    assert 0 < len(kept) < full.states.rollout_id.nunique()
+    assert kept <= set(full.states.rollout_id)
+    mine = full.states[full.states.rollout_id.isin(kept)].reset_index(drop=True)
+    pd.testing.assert_series_equal(mine.rkl, part.states.reset_index(drop=True).rkl)
+    assert part.metrics.states_sampled_rollouts.sum() == len(kept)
+    with pytest.raises(OpdDiagError, match="states_sample"):
+        TrainConfig(states_sample=0.0)
+
+
+def test_gradient_checkpointing_same_losses(tiny_pair, prompts_file, tmp_path):
+    plain = _run(tiny_pair, prompts_file, tmp_path / "plain")
+    ckpt = _run(tiny_pair, prompts_file, tmp_path / "ckpt", gradient_checkpointing=True)
+    assert ckpt.metrics.loss.tolist() == pytest.approx(plain.metrics.loss.tolist(), rel=1e-5)
+    assert ckpt.metrics.grad_norm.tolist() == pytest.approx(plain.metrics.grad_norm.tolist(),
+                                                            rel=1e-4)
+
+
+def test_max_new_tokens_from_generation_config_or_required(tmp_path, prompts_file):
+    from opd_diag.testing import make_model_dir
+
+    cfg = TrainConfig(steps=1, batch_prompts=1, n_samples=1, capture_top_k=4, top_k=4)
+    assert cfg.max_new_tokens is None
+    teacher = make_model_dir(tmp_path / "t", max_new_tokens=6)
+    bare = make_model_dir(tmp_path / "bare", seed=2, max_new_tokens=None)
+    run = train(load_pair(teacher, teacher), load_prompts(prompts_file), tmp_path / "run", cfg,
+                progress=False)
+    assert load_run(run).config["max_new_tokens"] == 6
+    with pytest.raises(OpdDiagError, match="--max-new-tokens is required"):
+        train(load_pair(bare, teacher), load_prompts(prompts_file), tmp_path / "run2", cfg,
+              progress=False)
+    assert not (tmp_path / "run2").exists()

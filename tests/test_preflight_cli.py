@@ -110,3 +110,53 @@ def test_preflight_python_api_as_in_the_readme(tiny_pair, answered_prompts, tmp_
     data = json.loads((tmp_path / "pf" / "verdict.json").read_text())
     assert {"student_capture", "teacher_capture", "frontier_samples", "probes"} <= set(
         data["stage_seconds"])
+
+
+@pytest.mark.slow
+def test_checker_that_parses_nothing_stops_with_exit_2(tmp_path, capsys):
+    """Issue 16 (1), the README snippet's checker on a zoo pair: make_verifier("boxed") parses
+    none of the addition task's answers; instead of a confident NO-GO the pre-flight stops,
+    names the checker that would parse them, and leaves no half-written run behind."""
+    import opd_diag as od
+    from opd_diag.core.errors import OpdDiagError
+
+    zp = od.zoo.get_pair("success")
+    pair = od.load_pair(od.zoo.model_dir(zp.student), od.zoo.model_dir(zp.teacher))
+    from opd_diag.core.prompts import validate_prompts
+
+    prompts = validate_prompts(zp.prompts(8))
+    cfg = od.PreflightConfig.budget("small", n_prompts=8, max_new_tokens=zp.hyper.max_new_tokens)
+    with pytest.raises(OpdDiagError, match=r"task:addition \(\d+%\)") as err:
+        od.run_preflight(pair, prompts, tmp_path / "pf", config=cfg,
+                         verifier=od.make_verifier("boxed").check)
+    assert "'boxed' found an answer in only 0/16" in str(err.value)
+    assert not (tmp_path / "pf").exists()
+    code = main(["--quiet", "preflight", "--pair", "success", "--checker", "boxed",
+                 "--n-prompts", "8", "--budget", "small", "--out", str(tmp_path / "cli")])
+    assert code == 2 and "task:addition" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+    # the zoo pair's own checker parses them: the answer-checking row reports it, with examples
+    code = main(["--quiet", "preflight", "--pair", "success", "--n-prompts", "8", "--budget",
+                 "small", "--out", str(tmp_path / "ok")])
+    data = json.loads((tmp_path / "ok" / "verdict.json").read_text())
+    ex = data["answer_extraction"]
+    assert ex["checker"] == "task:addition" and ex["share"] >= 0.5 and len(ex["examples"]) == 3
+    rows = {c["condition"]: c for c in data["conditions"]}
+    assert rows["answer checking"]["status"] == "GO"
+    assert {"answer checking", "thinking compatibility", "template alignment", "reachability",
+            "teacher novelty", "distinct teacher", "horizon", "truncation"} == set(rows)
+
+
+def test_long_stages_show_progress_unless_quiet(tiny_pair, answered_prompts, tmp_path, capsys):
+    s, t = tiny_pair
+    argv = ["preflight", "--student", str(s), "--teacher", str(t), "--prompts",
+            str(answered_prompts), "--budget", "small", "--max-new-tokens", "8",
+            "--checker", r"regex:(w\d+)$", "--reference", str(s)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) in (0, 3, 4)
+    err = capsys.readouterr().err
+    for stage in ("capture", "continuations (teacher)", "continuations (student)",
+                  f"reference {s}"):
+        assert stage in err, f"no progress for {stage!r}"
+    assert main(["--quiet", *argv, "--out", str(tmp_path / "b")]) in (0, 3, 4)
+    err = capsys.readouterr().err
+    assert "continuations" not in err and "it/s" not in err

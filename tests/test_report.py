@@ -124,16 +124,22 @@ def test_training_report_reads_the_loop_tables(runs, rendered):
                 "H_t", "entropy_gap", "loss", "grad_norm"):
         assert curves[col].tolist() == pytest.approx(run.metrics[col].tolist()), col
     ev = plots["eval"].table
-    assert "greedy_acc" in ev and "greedy_gap_recovery" in ev
+    assert {"greedy_acc", "greedy_gap_recovery"} <= set(ev.metric)
+    # the initial student is drawn at 0 optimizer steps done, each eval row at step + 1
+    acc = ev[ev.metric == "greedy_acc"]
+    assert acc.steps_done.tolist() == [0, *(run.metrics.dropna(subset=["eval/greedy_acc"]).step
+                                           + 1).tolist()]
+    assert acc.value.iat[0] == pytest.approx(run.meta["eval_initial"]["greedy_acc"])
+    assert (acc.ci_low <= acc.value + 1e-12).all() and (acc.value <= acc.ci_high + 1e-12).all()
     assert set(plots["depth_heatmap"].table.step) == set(run.states.step)
     assert {"overlap", "horizon"} <= set(run.probes())  # written by the report, readable later
 
 
 def test_comparison_final_numbers(runs, rendered):
     report = rendered["comparison"][0]
-    final = report.sections[0].tables[0].table
-    assert final.run.tolist() == ["train_a", "train_b", "preflight"]
-    assert final.verdict.notna().tolist() == [False, False, True]
+    final = report.sections[0].tables[0].table.set_index("quantity")  # one column per run
+    assert final.columns.tolist() == ["train_a", "train_b", "preflight"]
+    assert final.loc["verdict"].notna().tolist() == [False, False, True]
     curves = {p.name: p for p in report.plots}["curves"].table
     assert set(curves.run) == {"train_a", "train_b"}
 

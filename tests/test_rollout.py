@@ -69,3 +69,40 @@ def test_chat_template_used_unless_raw(tiny_pair):
 def test_bad_sampling_config(kw):
     with pytest.raises(OpdDiagError):
         SamplingConfig(**kw)
+
+
+# --- issue 12: base vs instruct pairs ------------------------------------------------------
+
+
+def test_base_instruct_special_tokens_warn_and_stop_on_both_eos(tiny_pair, prompts_file, tmp_path,
+                                                               capsys):
+    """Same token→id map, different EOS declaration: a warning (stderr and run.json), and the
+    student stops on the teacher's EOS too."""
+    import json
+
+    from opd_diag.states.capture import CaptureConfig
+    from opd_diag.states.collect import run_capture
+    from opd_diag.testing import make_model_dir, make_tokenizer
+
+    greedy = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=6)
+    pair = load_pair(*tiny_pair)
+    first = generate_rollouts(pair, _prompts(pair, prompts_file, greedy), [(0, 0)], greedy)
+    tok0 = int(first.completion_ids.iat[0][0])  # the student's greedy first token on prompt 0
+    assert tok0 not in pair.stop_token_ids
+    name = pair.tokenizer.convert_ids_to_tokens(tok0)
+    teacher = make_model_dir(tmp_path / "instruct", base=tiny_pair[1],
+                             tokenizer=make_tokenizer(64, eos_token=name))
+    capsys.readouterr()
+    pair = load_pair(tiny_pair[0], teacher)
+    assert "different eos_token" in capsys.readouterr().err
+    assert tok0 in pair.stop_token_ids
+    out = run_capture(pair, load_prompts(prompts_file), tmp_path / "run", sampling=greedy,
+                      capture=CaptureConfig(top_k=4), progress=False)
+    roll = pd.read_parquet(out / "rollouts.parquet")
+    row = roll[roll.prompt_id == roll.prompt_id.min()].iloc[0]
+    assert list(row.completion_ids) == [tok0] and row.stop_reason == "eos"
+    meta = json.loads((out / "run.json").read_text())["models"]
+    assert tok0 in meta["stop_token_ids"]["used"]
+    assert tok0 in meta["stop_token_ids"]["teacher"]
+    assert tok0 not in meta["stop_token_ids"]["student"]
+    assert any("eos_token" in w for w in meta["tokenizer_warnings"])

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -46,6 +47,7 @@ def test_bad_input_removes_new_run_but_crash_keeps_it(tmp_path):
 
 def test_refuses_foreign_dirs_and_schema(tmp_path):
     (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "thesis.tex").write_text("mine")
     with pytest.raises(OpdDiagError, match="not an opd-diag run"):
         with open_run(tmp_path / "x", "capture", {}, resume=True):
             pass
@@ -93,3 +95,74 @@ def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(OpdDiagError, match="No space left"):
         write_parquet(tmp_path / "t.parquet", pd.DataFrame({"a": [1]}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_json_is_strict_json(tmp_path):
+    import math
+
+    import numpy as np
+
+    with open_run(tmp_path / "r", "capture", {"temperature": float("nan")},
+                  extra={"scores": [1.0, float("inf"), np.float32("nan")]}):
+        pass
+    text = (tmp_path / "r" / "run.json").read_text()
+    meta = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert meta["config"]["temperature"] is None and meta["scores"] == [1.0, None, None]
+    assert not math.isnan(meta["scores"][0])
+
+
+def test_out_dir_rule(tmp_path):
+    from opd_diag.core.runs import check_out_dir
+
+    assert check_out_dir(tmp_path / "new") == "missing"
+    (tmp_path / "empty").mkdir()
+    assert check_out_dir(tmp_path / "empty") == "empty"
+    with open_run(tmp_path / "run", "capture", {}):
+        pass
+    with pytest.raises(OpdDiagError, match="already exists"):
+        check_out_dir(tmp_path / "run")
+    assert check_out_dir(tmp_path / "run", overwrite=True) == "output"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.txt").write_text("x")
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(OpdDiagError, match="never writes into or deletes"):
+            check_out_dir(tmp_path / "mine", **flags)
+    assert (tmp_path / "mine" / "a.txt").read_text() == "x"
+
+
+def test_failed_run_in_a_users_empty_dir_keeps_the_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OpdDiagError, match="boom"):
+        with open_run(tmp_path / "empty", "capture", {}) as run:
+            run.write_shard("rollouts", "000000", pd.DataFrame({"x": [1]}))
+            raise OpdDiagError("boom")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    with pytest.raises(OpdDiagError, match="boom"):
+        with open_run(tmp_path / "made", "capture", {}):
+            raise OpdDiagError("boom")
+    assert not (tmp_path / "made").exists()
+
+
+def test_lock_is_exclusive_reentrant_and_released(tmp_path):
+    from opd_diag.core.runs import LOCK_NAME, holds_lock, run_lock
+
+    with run_lock(tmp_path / "r"):
+        assert holds_lock(tmp_path / "r")
+        with run_lock(tmp_path / "r"):  # the same process (a pre-flight opening its capture)
+            assert (tmp_path / "r" / LOCK_NAME).exists()
+        assert holds_lock(tmp_path / "r")
+        info = json.loads((tmp_path / "r" / LOCK_NAME).read_text())
+        assert info["pid"] == os.getpid()
+    assert not holds_lock(tmp_path / "r") and not (tmp_path / "r" / LOCK_NAME).exists()
+    # a lock file a dead writer left behind (no flock held on it) is taken over
+    (tmp_path / "r" / LOCK_NAME).write_text(json.dumps({"pid": 999999999}))
+    with run_lock(tmp_path / "r"):
+        assert json.loads((tmp_path / "r" / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_corrupt_shard_names_file_and_fix(tmp_path):
+    write_parquet(tmp_path / "t.parquet" / "part-000000.parquet", pd.DataFrame({"x": [1, 2]}))
+    shard = tmp_path / "t.parquet" / "part-000000.parquet"
+    shard.write_bytes(shard.read_bytes()[:10])
+    with pytest.raises(OpdDiagError, match="part-000000.parquet is truncated or corrupt.*--resume"):
+        read_table(tmp_path / "t.parquet")

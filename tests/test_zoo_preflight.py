@@ -18,7 +18,8 @@ EXPECTED = {
     # the same-pipeline teacher is more accurate on the student's frontier, and OPD worked
     "no-novelty": ("GO", {"teacher novelty": "GO", "thinking compatibility": "GO"}),
     "reverse": ("NO-GO", {"teacher novelty": "NO-GO"}),
-    "template": ("NO-GO", {"thinking compatibility": "NO-GO", "teacher novelty": "NO-GO"}),
+    # the template is its own condition now (its recovery is the template, not a cold start)
+    "template": ("NO-GO", {"template alignment": "NO-GO", "teacher novelty": "NO-GO"}),
     "long-horizon": ("GO", {"teacher novelty": "GO"}),
 }
 

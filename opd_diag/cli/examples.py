@@ -80,7 +80,7 @@ def make_runs(runs: Path, steps: int | None, fresh: bool) -> None:
     for name in PAIRS:
         out = runs / f"preflight-{name}"
         if fresh or not _complete(out):
-            _cli(["preflight", "--pair", name, "--out", str(out)])
+            _cli(["preflight", "--pair", name, "--out", str(out), "--overwrite"])
     for name in PAIRS:
         zp = get_pair(name)
         prompts = _write_jsonl(zp.prompts(512), runs / "data" / f"{name}-prompts.jsonl")

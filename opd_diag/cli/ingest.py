@@ -23,7 +23,7 @@ def add_from_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def register(sub) -> None:
-    from .common import add_pair_args
+    from .common import add_out_args, add_pair_args, add_top_k_arg, finite_float
 
     p = sub.add_parser(
         "ingest", help="turn a TRL / verl / JSONL trajectory log into a run directory",
@@ -33,14 +33,15 @@ def register(sub) -> None:
     )
     add_pair_args(p)
     add_from_args(p, required=True)
-    p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="scoring temperature: the sampling temperature of the logged run")
-    p.add_argument("--top-k", type=int, default=16, help="top-k list size (default 16)")
-    p.add_argument("--capture-batch-size", type=int, default=8, help="rollouts per forward pass")
+    add_out_args(p, resume=False)
+    p.add_argument("--temperature", type=finite_float(0, lo_open=True), default=1.0,
+                   help="scoring temperature, > 0: the sampling temperature of the logged run "
+                   "(default 1.0)")
+    add_top_k_arg(p)
+    p.add_argument("--capture-batch-size", type=int, default=8,
+                   help="rollouts per forward pass (default 8)")
     p.add_argument("--chunk-tokens", type=int, default=None,
                    help="positions per LM-head chunk (default: 16M / vocab)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(func=cmd_ingest)
 
 
@@ -57,6 +58,9 @@ def cmd_ingest(args) -> int:
         raise OpdDiagError("--resume does not apply to --from (ingest is one pass); use --overwrite")
     capture = CaptureConfig(top_k=args.top_k, batch_size=args.capture_batch_size,
                             chunk_tokens=args.chunk_tokens)
+    from .common import check_out
+
+    check_out(args)  # a file or a foreign directory as --out: exit 2 before loading models
     pair = load_pair(
         args.student, args.teacher, student_dtype=args.student_dtype,
         teacher_dtype=args.teacher_dtype, student_device=args.student_device,

@@ -18,7 +18,7 @@ Data flow: models -> student rollouts -> both models at the visited states (stat
 # One module per subcommand (or family); each has ``register(subparsers)`` adding parsers with
 # ``set_defaults(func=handler)``; a handler takes the parsed args and returns an exit code.
 SUBCOMMAND_MODULES: list[str] = [
-    "capture", "probe", "preflight", "train", "ingest", "report", "zoo", "demo",
+    "capture", "probe", "preflight", "rank", "train", "ingest", "report", "zoo", "demo",
 ]
 
 

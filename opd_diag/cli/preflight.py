@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ..core.errors import OpdDiagError
+from .common import (
+    HELP,
+    add_backend_args,
+    add_model_device_args,
+    add_out_args,
+    add_top_k_arg,
+    backend_from_args,
+    check_out,
+    print_plan,
+    show_plan,
+)
 
 
 def register(sub) -> None:
@@ -16,21 +27,29 @@ def register(sub) -> None:
         "models on the student's frontier — the prompts whose first samples were not all alike, "
         "for the novelty score — reference scores, the template check), run every probe and "
         "decide.\n\nExit code: 0 GO, 3 CAUTION, 4 NO-GO (2 for bad input), so it can gate a "
-        "training script. verdict.json in --out has the conditions, thresholds with their "
-        "provenance, and the seconds each stage took.",
+        "training script. Every condition is printed (answer checking, thinking "
+        "compatibility, template alignment, reachability, teacher novelty, distinct teacher, "
+        "horizon, truncation; 'not checked' with the reason when its evidence is missing), then "
+        "'VERDICT: NO-GO because: X, Y', the expected effect and, on thin evidence, 'low "
+        "confidence: raise --budget'; recovery only under failing rows. verdict.json in --out "
+        "has the conditions, the frozen thresholds (version, provenance), the answer-extraction "
+        "check and the seconds each stage took. See docs/preflight.md and docs/validation.md.",
     )
     src = p.add_argument_group("what to check (a zoo pair, or your own models)")
     src.add_argument("--pair", help="a zoo pair name (see `opd-diag zoo list`)")
-    src.add_argument("--student", help="student model directory")
-    src.add_argument("--teacher", help="teacher model directory")
+    src.add_argument("--student", help=HELP["student"])
+    src.add_argument("--teacher", help=HELP["teacher"])
     src.add_argument("--prompts", help="prompt file ('prompt', optional 'answer', optional "
                      "'teacher_prompt': the prompt as the teacher expects it)")
     src.add_argument("--reference", action="append", default=[], metavar="DIR",
                      help="reference model (e.g. the student's base, a same-pipeline model); "
-                     "repeatable")
+                     "repeatable. Enables the 'distinct teacher' condition (not checked "
+                     "without one)")
     src.add_argument("--checker", default=None,
                      help="answer checker: auto | boxed | hash | answer | regex:PAT | task:NAME | "
-                     "module:function (default auto; zoo pairs use their task)")
+                     "module:function (default auto; zoo pairs use their task). If it parses an "
+                     "answer from < 50%% of the student's rollouts the pre-flight stops (exit 2) "
+                     "and names the checkers that would")
     src.add_argument("--teacher-template", default=None,
                      help="how the teacher expects prompts, a format string with {prompt} "
                      "(default: the teacher's chat template when it differs from the student's)")
@@ -43,13 +62,24 @@ def register(sub) -> None:
     b.add_argument("--n-frontier", type=int,
                    help="override the budget's second-stage samples per model on each frontier "
                    "prompt (prompts whose first samples were not all alike; the novelty score)")
-    b.add_argument("--max-new-tokens", type=int, default=None, help="completion budget")
-    b.add_argument("--top-k", type=int, default=16)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--device", default="cpu", help="device for all models (cpu | cuda | auto)")
-    b.add_argument("--dtype", default="float32", help="dtype for all models")
-    p.add_argument("--raw-prompt", action="store_true", help="ignore chat templates")
-    p.add_argument("--out", required=True, help="run directory to write (replaced)")
+    b.add_argument("--max-new-tokens", type=int, default=None,
+                   help="completion budget (default: the zoo pair's, else the student's "
+                   "generation_config max_new_tokens; required when neither is set). When more "
+                   "than 10%% of either model's rollouts hit it, the verdict is CAUTION")
+    add_top_k_arg(b)
+    b.add_argument("--seed", type=int, default=0, help=HELP["seed"])
+    m = p.add_argument_group("devices and dtypes")
+    m.add_argument("--device", default="cpu",
+                   help="device of every model (cpu | cuda | cuda:N | auto; default cpu); "
+                   "--student-device / --teacher-device override it per model")
+    m.add_argument("--dtype", default="float32",
+                   help="dtype of every model (float32 | bfloat16 | float16; default float32); "
+                   "--student-dtype / --teacher-dtype override it per model")
+    add_model_device_args(m, dtype_default=None, device_default=None)
+    m.add_argument("--trust-remote-code", action="store_true", help=HELP["trust-remote-code"])
+    p.add_argument("--raw-prompt", action="store_true", help=HELP["raw-prompt"])
+    add_out_args(p, resume=False, what="run directory to write")
+    add_backend_args(p)
     p.set_defaults(func=cmd_preflight)
 
 
@@ -86,11 +116,13 @@ def _pair_inputs(args):
 
 
 def cmd_preflight(args) -> int:
-    from ..core.models import load_model, load_pair
+    from ..core.models import load_model, load_pair, resolve_max_new_tokens
     from ..core.prompts import load_prompts, validate_prompts
     from ..preflight import PreflightConfig, run_preflight
     from ..tasks.verify import make_verifier
 
+    backend = backend_from_args(args)  # before loading anything: vllm without vLLM -> exit 2
+    check_out(args)  # a file or a foreign directory as --out: exit 2 before loading models
     if args.pair:
         if args.student or args.teacher or args.prompts:
             raise OpdDiagError("give either --pair or --student/--teacher/--prompts, not both")
@@ -108,18 +140,47 @@ def cmd_preflight(args) -> int:
             if "{prompt}" not in args.teacher_template:
                 raise OpdDiagError("--teacher-template must contain '{prompt}'")
             teacher_prompts = [args.teacher_template.format(prompt=p) for p in prompts.prompt]
-        checker, max_new = args.checker or "auto", args.max_new_tokens or 256
+        checker, max_new = args.checker or "auto", args.max_new_tokens
     # a flag given as 0 reaches PreflightConfig, which rejects it (None = the budget's value)
-    cfg = PreflightConfig.budget(args.budget, n_prompts=args.n_prompts, n_samples=args.n_samples,
-                                 n_frontier=args.n_frontier, max_new_tokens=max_new,
-                                 top_k=args.top_k, seed=args.seed)
-    pair = load_pair(student, teacher, student_dtype=args.dtype, teacher_dtype=args.dtype,
-                     student_device=args.device, teacher_device=args.device)
-    references = {str(r): load_model(r, role="reference", dtype=args.dtype, device=args.device)
+    budget = dict(n_prompts=args.n_prompts, n_samples=args.n_samples, n_frontier=args.n_frontier,
+                  top_k=args.top_k, seed=args.seed)
+    PreflightConfig.budget(args.budget, max_new_tokens=max_new or 1, **budget)  # fails early
+    pair = load_pair(student, teacher, student_dtype=args.student_dtype or args.dtype,
+                     teacher_dtype=args.teacher_dtype or args.dtype,
+                     student_device=args.student_device or args.device,
+                     teacher_device=args.teacher_device or args.device,
+                     trust_remote_code=args.trust_remote_code)
+    cfg = PreflightConfig.budget(args.budget, max_new_tokens=resolve_max_new_tokens(
+        max_new, pair.student), **budget)
+    references = {str(r): load_model(r, role="reference", dtype=args.dtype, device=args.device,
+                                     trust_remote_code=args.trust_remote_code)
                   for r in refs}
-    verdict = run_preflight(pair, prompts, args.out, config=cfg,
-                            verifier=make_verifier(checker).check, references=references,
-                            teacher_prompts=teacher_prompts, raw_prompt=args.raw_prompt,
-                            progress=not args.quiet)
+    verifier = make_verifier(checker).check
+    from ..states.backend import use_backend
+
+    with use_backend(backend):
+        plan = None
+        if show_plan(args):
+            from ..preflight.plan import plan_preflight
+
+            plan = plan_preflight(pair, prompts, cfg, has_answers=verifier is not None,
+                                  references=references, teacher_prompts=teacher_prompts,
+                                  raw_prompt=args.raw_prompt)
+            print_plan(plan, args)
+        if args.dry_run:
+            return 0
+        verdict = run_preflight(pair, prompts, args.out, config=cfg, verifier=verifier,
+                                references=references, teacher_prompts=teacher_prompts,
+                                raw_prompt=args.raw_prompt, progress=not args.quiet,
+                                overwrite=args.overwrite)
+    if plan is not None:
+        import json
+        import sys
+
+        from ..states.cost import compare
+
+        stages = json.loads((verdict.run / "verdict.json").read_text())["stage_seconds"]
+        print("seconds per stage (verdict.json stage_seconds):\n" + compare(plan, stages),
+              file=sys.stderr)
     print(verdict.render())
     return verdict.exit_code

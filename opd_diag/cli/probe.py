@@ -10,8 +10,8 @@ def register(sub) -> None:
                        description="Run probe NAME on RUN and write RUN/probes/NAME.parquet.")
     p.add_argument("name", help="probe name (see `opd-diag ls`)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--n-depth-bins", type=int, default=8, help="overlap: relative-depth bins")
-    p.add_argument("--position-bin", type=int, default=64, help="overlap: absolute bin width")
+    p.add_argument("--n-depth-bins", type=int, default=8, help="overlap: relative-depth bins (default 8)")
+    p.add_argument("--position-bin", type=int, default=64, help="overlap: absolute bin width in tokens (default 64)")
 
     p.set_defaults(func=cmd_probe)
 
@@ -20,13 +20,24 @@ def register(sub) -> None:
 
 
 def _print_overlap(df) -> None:
+    from ..core.glossary import COUNT_COLUMNS, GLOSSARY
     from ..probes.overlap import METRICS
 
     run_rows = df[df.level == "run"]
-    cols = ["step", "n_rollouts", "n_states", *METRICS, "overlap_ratio_rollout_mean",
+    cols = ["n_rollouts", "n_states", *METRICS, "overlap_ratio_rollout_mean",
             "thunlp_adv_intersection"]
-    print(f"overlap summary (k={int(df.k.iat[0])}; per-state means over all visited states):")
-    print(run_rows[cols].set_index("step").T.to_string(float_format=lambda v: f"{v:.4f}"))
+    cols = [c for c in cols if c in run_rows]
+    steps = [int(s) for s in run_rows.step]
+    print(f"overlap summary (k={int(df.k.iat[0])}; per-state means over all visited states; "
+          + ("step -1 = offline capture, no training" if -1 in steps else "one column per step")
+          + "):")
+    width = max(len(c) for c in cols)
+    head = " ".join(f"{('step ' + str(s)):>10}" for s in steps)
+    print(f"{'':<{width}} {head}   how to read it")
+    for c in cols:
+        vals = run_rows[c].tolist()
+        cells = " ".join(f"{int(v):>10d}" if c in COUNT_COLUMNS else f"{v:>10.4f}" for v in vals)
+        print(f"{c:<{width}} {cells}   {GLOSSARY.get(c, ('', ''))[1]}")
 
 
 def cmd_probe(args) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .common import finite_float
+
 
 def register(sub) -> None:
     zoo = sub.add_parser("zoo", help="the built-in model-organism zoo (tiny teacher-student pairs)",
@@ -9,37 +11,84 @@ def register(sub) -> None:
                          "addition with chain-of-thought, built to reproduce OPD's success and "
                          "failure conditions. The checkpoints ship with the package.")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
-    p = zsub.add_parser("list", help="pairs and what each one demonstrates")
+    p = zsub.add_parser("list", help="pairs and what each one demonstrates (v1 and zoo v2)",
+                        description="Lists the pairs of both zoo families: v1 (addition) and v2 "
+                        "(sorting, the held-out testbed whose pairs never set verdict thresholds; "
+                        "names start with 'v2-').")
     p.add_argument("--models", action="store_true", help="list the models instead of the pairs")
+    p.add_argument("--family", choices=("all", "v1", "v2"), default="all",
+                   help="which zoo family to list (default: both)")
     p.set_defaults(func=cmd_list)
     p = zsub.add_parser("build", help="train zoo models from scratch (deterministic, seeded)")
     p.add_argument("--only", help="one model name (default: all, in dependency order)")
     p.add_argument("--out", default=None, help="output directory (default: the package's zoo)")
     p.add_argument("--quick", action="store_true", help="8 steps per model (a smoke test)")
+    p.add_argument("--family", choices=("v1", "v2"), default="v1",
+                   help="v1 (addition, default) or v2 (sorting, the held-out testbed: "
+                   "opd_diag/zoo/models-v2)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="v2 only: models trained in parallel (one thread each; default 1)")
     p.set_defaults(func=cmd_build)
     p = zsub.add_parser("validate", help="run the real OPD loop on every pair and record outcomes",
                         description="OPD runs on every pair (plus forward KL, cold start, the "
                         "alternative teacher and the aligned template where the pair is built "
                         "around them); complete runs are reused. Writes the summary table.")
-    p.add_argument("--runs", default="runs/examples", help="where the runs go")
+    p.add_argument("--runs", default="runs/examples",
+                   help="where the runs go (default runs/examples; v2: runs/zoo-v2)")
     p.add_argument("--only", nargs="*", help="run or pair names")
-    p.add_argument("--workers", type=int, default=2, help="parallel runs (1 thread each)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="parallel runs (1 thread each; default 2)")
+    p.add_argument("--family", choices=("v1", "v2"), default="v1",
+                   help="v2: the held-out pairs, one fixed OPD budget, --seeds seeds each, gap "
+                   "recovery with a bootstrap CI -> reports/zoo-v2-validation.csv (default runs "
+                   "dir runs/zoo-v2)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="v2: OPD seeds (default 0 1 2)")
+    p.add_argument("--n-eval", type=int, default=100, help="v2: eval items per subset (default 100)")
+    p.add_argument("--cut", type=finite_float(0, 1), default=0.5,
+                   help="v2: gap recovery in [0, 1] above which (whole CI) an outcome is "
+                   "'worked' (default 0.5)")
     p.set_defaults(func=cmd_validate)
 
 
 def cmd_list(args) -> int:
     from ..zoo import list_models, pairs_table
+    from ..zoo.v2 import list_models as list_models_v2
 
     if args.models:
-        print("\n".join(list_models()))
+        names = ([] if args.family == "v2" else list_models()) + \
+            ([] if args.family == "v1" else list_models_v2())
+        print("\n".join(names))
     else:
-        print(pairs_table().to_string(index=False))
+        print(format_pairs(pairs_table(args.family)))
     return 0
+
+
+def format_pairs(table, width: int = 100) -> str:
+    """The pairs table in at most ``width`` columns: one header line per pair, then what it
+    demonstrates wrapped and indented."""
+    import textwrap
+
+    lines = []
+    for r in table.itertuples(index=False):
+        head = f"{r.pair}  ({r.family}): {r.student} <- {r.teacher}, template {r.template}"
+        lines.append(textwrap.shorten(head, width, placeholder="..."))
+        lines += textwrap.wrap(str(r.demonstrates), width, initial_indent="    ",
+                               subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def cmd_build(args) -> int:
     from ..zoo import ZOO_DIR, build_zoo
 
+    if args.family == "v2":
+        from ..zoo.v2 import ZOO2_DIR
+        from ..zoo.v2.build import build_zoo2
+
+        cards = build_zoo2(only=args.only, out_dir=args.out or ZOO2_DIR, quick=args.quick,
+                           jobs=args.jobs, progress=not args.quiet)
+        for card in cards:
+            print(f"built {card.get('name')}")
+        return 0
     cards = build_zoo(only=args.only, out_dir=args.out or ZOO_DIR, quick=args.quick,
                       progress=not args.quiet)
     for card in cards:
@@ -52,6 +101,17 @@ def cmd_validate(args) -> int:
 
     from ..zoo.validate import validate
 
+    if args.family == "v2":
+        from ..zoo.v2.validate import validate as validate_v2
+
+        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
+        df = validate_v2(runs, tuple(args.seeds), args.only, args.n_eval, args.workers, args.cut)
+        out = Path("reports/zoo-v2-validation.csv")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+        print(df.T.to_string())
+        print(f"wrote {out}")
+        return 0
     df = validate(args.runs, args.only, args.workers)
     df.to_csv(Path(args.runs) / "zoo-validation.csv", index=False)
     print(df.T.to_string())

@@ -1,7 +1,8 @@
 """Load local Hugging Face causal LMs and check that a student–teacher pair can be compared.
 
 Context: every probe compares the two models' next-token distributions at the same prefix, so the
-pair must share a tokenizer (same token→id map, same special tokens). The logit width may still
+pair must share a tokenizer (same token→id map; differing special-token declarations, as in a
+base student and its instruct teacher, are a warning). The logit width may still
 differ (Qwen2.5-1.5B has 151,936 logit rows, -7B has 152,064, both with a 151,665-token tokenizer):
 we compare over the shared range ``[0, compare_vocab)`` and record it in ``run.json``.
 
@@ -12,12 +13,14 @@ with ``use_safetensors=True`` and ``trust_remote_code=False`` unless the caller 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import OpdDiagError
+from .quiet import hf_progress_bars_off
 
 _DTYPES = {
     "float32": torch.float32,
@@ -52,6 +55,12 @@ class LoadedModel:
                 return value
         return None
 
+    @property
+    def generation_max_new_tokens(self) -> int | None:
+        """``max_new_tokens`` of the model's generation config, when its directory sets one."""
+        value = getattr(getattr(self.model, "generation_config", None), "max_new_tokens", None)
+        return value if isinstance(value, int) and value > 0 else None
+
     def describe(self) -> dict:
         return {
             "path": self.path,
@@ -63,6 +72,21 @@ class LoadedModel:
             "tokenizer_len": len(self.tokenizer),
             "context_length": self.context_length,
         }
+
+
+def resolve_max_new_tokens(value: int | None, model: LoadedModel,
+                           flag: str = "--max-new-tokens") -> int:
+    """The completion budget: ``value`` when given, else the model's
+    ``generation_config.max_new_tokens``; an error when neither is set (a silent default far
+    below a reasoning model's trace length truncates most rollouts and decides the verdict)."""
+    if value is not None:
+        return int(value)
+    if model.generation_max_new_tokens is not None:
+        return model.generation_max_new_tokens
+    raise OpdDiagError(
+        f"{flag} is required: {model.path!r} has no generation_config.json max_new_tokens to "
+        "default to. Set it to the model's natural completion length (reasoning traces run to "
+        "4K-16K tokens; rollouts cut at the cap are scored wrong and skew every verdict)")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -108,6 +132,46 @@ def _check_model_dir(path: Path, role: str) -> None:
             json.load(fh)
         except json.JSONDecodeError as exc:
             raise OpdDiagError(f"{role} config.json in {str(path)!r} is not valid JSON: {exc}") from None
+    for file in weights:
+        _check_safetensors(file, role)
+
+
+def _check_safetensors(file: Path, role: str) -> None:
+    """A truncated or header-corrupted weights file is an OpdDiagError naming it (the header
+    is read, the tensors are not: an 8-byte length, a JSON header, data up to the last offset)."""
+    fix = "the file is damaged: re-download or re-save the model (model.save_pretrained(dir))"
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit the file's {size} bytes")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+        raise OpdDiagError(f"{role} weights {str(file)!r} are corrupt ({exc}); {fix}") from None
+    if 8 + n + end > size:
+        raise OpdDiagError(f"{role} weights {str(file)!r} are truncated ({size} bytes, the header "
+                           f"promises {8 + n + end}); {fix}")
+
+
+def _check_remote_code(path: Path, role: str, trust_remote_code: bool) -> None:
+    """A config with ``auto_map`` names custom modelling code; loading it without that code
+    would silently give the built-in architecture instead, so it is refused."""
+    if trust_remote_code:
+        return
+    auto_map = json.loads((path / "config.json").read_text()).get("auto_map")
+    if auto_map:
+        raise OpdDiagError(
+            f"{role} config.json in {str(path)!r} has auto_map {sorted(auto_map)}: the model "
+            "ships its own modelling code, which opd-diag does not run by default; pass "
+            "--trust-remote-code (trust_remote_code=True) if you trust it, or remove auto_map "
+            "from config.json to load the built-in architecture"
+        )
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -144,19 +208,26 @@ def load_model(
 
     path = Path(path)
     _check_model_dir(path, role)
+    _check_remote_code(path, role, trust_remote_code)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(path, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=torch_dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-        )
+        with hf_progress_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                dtype=torch_dtype,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise OpdDiagError(f"cannot load {role} model from {str(path)!r}: {exc}") from None
+    except Exception as exc:  # safetensors' SafetensorError: a corrupt file the header check missed
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise OpdDiagError(f"cannot load {role} weights from {str(path)!r}: {exc}; a weights file "
+                           "is damaged: re-download or re-save the model") from None
     model.to(dev).eval()
     if tokenizer.pad_token_id is None:
         # Padding positions are masked everywhere; any id works, EOS is the usual choice.
@@ -171,10 +242,13 @@ def _special_tokens(tok) -> dict:
     return special
 
 
-def check_same_tokenizer(student_tok, teacher_tok) -> None:
+def check_same_tokenizer(student_tok, teacher_tok) -> list[str]:
     """Raise a clear error unless both tokenizers map every token to the same id.
 
-    Pad tokens are not compared: they never reach a probe (padding is masked).
+    Special-token *declarations* may differ (a base student ends with ``<|endoftext|>``, its
+    instruct teacher with ``<|im_end|>``: the paper's setting); the token→id map may not.
+    Returns the special-token differences as warning strings (pad tokens are not compared:
+    padding is masked), which :func:`load_pair` prints and ``run.json`` records.
     """
     vs, vt = student_tok.get_vocab(), teacher_tok.get_vocab()
     if vs != vt:
@@ -191,11 +265,24 @@ def check_same_tokenizer(student_tok, teacher_tok) -> None:
         )
     ss, st = _special_tokens(student_tok), _special_tokens(teacher_tok)
     ss.pop("pad_token"), st.pop("pad_token")
-    if ss != st:
-        diff = {k: (ss[k], st[k]) for k in ss if ss[k] != st[k]}
-        raise OpdDiagError(
-            f"student and teacher tokenizers have different special tokens (student, teacher): {diff}"
-        )
+    return [f"student and teacher declare different {name} (same token→id map, so the pair is "
+            f"comparable): student {ss[name]!r}, teacher {st[name]!r}; sampling stops on the "
+            "union of both models' EOS ids (run.json: models.stop_token_ids)"
+            for name in ss if ss[name] != st[name]]
+
+
+def model_eos_ids(model: LoadedModel) -> list[int]:
+    """EOS ids of one model: its generation config's (may be several) and its tokenizer's."""
+    ids: set[int] = set()
+    gen = getattr(model.model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(int(model.tokenizer.eos_token_id))
+    return sorted(ids)
 
 
 @dataclass
@@ -204,6 +291,7 @@ class Pair:
 
     student: LoadedModel
     teacher: LoadedModel
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def tokenizer(self):
@@ -214,11 +302,22 @@ class Pair:
         """Ids ``[0, compare_vocab)`` are compared: the tokenizer range both logit heads cover."""
         return min(len(self.tokenizer), self.student.logit_width, self.teacher.logit_width)
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Where student sampling stops: the union of both models' EOS ids (a base student
+        prompted with its instruct teacher's chat template ends turns with the teacher's EOS)."""
+        return sorted(set(model_eos_ids(self.student)) | set(model_eos_ids(self.teacher)))
+
     def describe(self) -> dict:
         return {
             "student": self.student.describe(),
             "teacher": self.teacher.describe(),
             "compare_vocab": self.compare_vocab,
+            "stop_token_ids": {"student": model_eos_ids(self.student),
+                               "teacher": model_eos_ids(self.teacher),
+                               "used": self.stop_token_ids,
+                               "note": "student sampling stops on the union of both EOS sets"},
+            "tokenizer_warnings": list(self.warnings),
             "compare_note": (
                 f"log-probs are normalised over token ids [0, {self.compare_vocab}) — the shared "
                 f"tokenizer range; logit widths: student {self.student.logit_width}, teacher "
@@ -246,5 +345,7 @@ def load_pair(
         teacher, role="teacher", dtype=teacher_dtype, device=teacher_device,
         trust_remote_code=trust_remote_code,
     )
-    check_same_tokenizer(s.tokenizer, t.tokenizer)
-    return Pair(s, t)
+    warnings = check_same_tokenizer(s.tokenizer, t.tokenizer)
+    for msg in warnings:
+        print(f"opd-diag: warning: {msg}", file=sys.stderr)
+    return Pair(s, t, warnings)

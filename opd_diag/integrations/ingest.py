@@ -46,7 +46,7 @@ from ..core.prompts import read_jsonl_objects
 from ..core.runs import open_run
 from ..states.capture import CaptureConfig
 from ..states.collect import capture_rollouts, rollout_id
-from ..states.rollout import eos_token_ids, render_prompt
+from ..states.rollout import render_prompt
 
 FORMATS = ("trl", "verl", "jsonl")
 PROMPT_FORMATS = ("auto", "chat", "rendered", "raw")
@@ -246,7 +246,7 @@ def tokenize_log(pair: Pair, log: pd.DataFrame, prompt_format: str = "auto"):
     tok = pair.tokenizer
     tpl = _Template.of(tok)
     limits = [m.context_length for m in (pair.student, pair.teacher) if m.context_length]
-    eos = set(eos_token_ids(pair.student.model, tok))
+    eos = set(pair.stop_token_ids)
     prompts: dict[tuple, dict] = {}
     cache: dict[str, tuple] = {}
     rows, counts = [], {}

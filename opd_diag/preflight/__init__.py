@@ -1,7 +1,8 @@
 """Pre-flight: probes on a bounded budget, turned into GO / CAUTION / NO-GO with the recovery.
 
-Owns budgets (:mod:`.budgets`), the pure decision rules and thresholds (:mod:`.rules`) and the
-orchestration (:mod:`.run`). May import ``core``, ``tasks``, ``states`` and ``probes``; never
+Owns budgets (:mod:`.budgets`), the pure decision rules and thresholds (:mod:`.rules`), the
+truncation guard (:mod:`.truncation`: CAUTION when > 10% of rollouts hit the cap), the
+orchestration (:mod:`.run`) and the teacher ranking (:mod:`.rank`). May import ``core``, ``tasks``, ``states`` and ``probes``; never
 ``train``, ``report`` or ``cli``.
 
 >>> import opd_diag as od
@@ -10,8 +11,9 @@ orchestration (:mod:`.run`). May import ``core``, ``tasks``, ``states`` and ``pr
 """
 
 from .budgets import BUDGETS, PreflightConfig
+from .rank import Ranking, rank_teachers
 from .rules import EXIT_CODES, VERDICTS, Thresholds, Verdict, decide, overall
 from .run import load_verdict, run_preflight
 
 __all__ = ["BUDGETS", "EXIT_CODES", "VERDICTS", "PreflightConfig", "Thresholds", "Verdict",
-           "decide", "load_verdict", "overall", "run_preflight"]
+           "Ranking", "decide", "load_verdict", "overall", "rank_teachers", "run_preflight"]

@@ -8,7 +8,7 @@ May import ``core`` and ``tasks`` only: a probe reads tables and never loads a m
 imports ``states`` (generations a probe needs are made by ``preflight`` through ``states``).
 """
 
-from . import horizon, novelty, overlap, thinking, tokens  # noqa: F401  (registers the built-ins)
+from . import horizon, novelty, overlap, sparse, thinking, tokens  # noqa: F401  (registers the built-ins)
 from .registry import ProbeSpec, get_probe, list_probes, register_probe, run_probe
 
 __all__ = ["ProbeSpec", "get_probe", "list_probes", "register_probe", "run_probe"]

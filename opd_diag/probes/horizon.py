@@ -2,14 +2,17 @@
 
 * continuation advantage by depth (from ``continuations``): where does the teacher stop being
   able to do better than the student from the student's own prefix?
-* AUROC of the sequence-mean reward ``r̄`` (positions up to each depth bin) against correctness
+* AUROC of the mean reward ``r̄`` over each depth bin's positions (per bin) against correctness
   (Mann–Whitney U from scipy): is the dense signal still informative that deep?
 * overlap ratio and entropies by depth bin;
 * on training runs, student entropy by position × step and a back-to-front destabilisation
   detector (high entropy appearing at late positions first and spreading earlier, paper Fig. 13).
 
-Output includes ``recommended_max_len``: the prefix depth (tokens) at which the teacher's
-continuation advantage stops being significantly positive.
+Output includes ``recommended_max_len`` (:func:`recommend_max_len`): a length in tokens a user
+can pass to ``--max-new-tokens``, or NaN with the reason in its ``key`` ("not determined: …");
+and ``advantage_stops_at_tokens``, the prefix length at which the teacher's continuation advantage
+(CI by prompt) stops being significantly positive — where the student's prefix already decides
+the outcome, which is not a length cap.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from scipy import stats
 
 from ..core.errors import OpdDiagError
 from ..core.runs import Run
-from .novelty import continuation_advantage
+from .novelty import bootstrap_mean_ci
 from .overlap import state_metrics
 from .registry import register_probe
 
@@ -37,20 +40,76 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def reward_auroc_by_depth(states: pd.DataFrame, rollouts: pd.DataFrame, n_bins: int
                           ) -> pd.DataFrame:
+    """Per depth bin (not cumulative): AUROC of the bin's mean reward ``r̄`` (teacher minus student
+    log-prob of the sampled tokens at the bin's positions only) against the rollout's outcome,
+    with the bin's depth as a fraction and in absolute tokens (mean position)."""
     known = rollouts.dropna(subset=["correct"]).set_index("rollout_id")["correct"].astype(bool)
     s = states[states.rollout_id.isin(known.index)]
     rows = []
     if len(s) == 0:
         return pd.DataFrame()
     reward = s.logp_t - s.logp_s
-    frac = (s.t + 1) / s["T"]
+    b_of = np.minimum((s.t / s["T"] * n_bins).astype(int), n_bins - 1)
     for b in range(n_bins):
-        upto = frac <= (b + 1) / n_bins
-        r_bar = reward[upto].groupby(s.rollout_id[upto]).mean()
+        here = b_of == b
+        r_bar = reward[here].groupby(s.rollout_id[here]).mean()
         labels = known.reindex(r_bar.index).to_numpy()
-        rows.append({"depth_bin": b, "depth_upto": (b + 1) / n_bins,
+        rows.append({"depth_bin": b, "depth_from": b / n_bins, "depth_upto": (b + 1) / n_bins,
+                     "mean_position": float(s.t[here].mean()) if here.any() else np.nan,
                      "auroc_rbar": auroc(r_bar.to_numpy(), labels), "n_rollouts": len(r_bar)})
     return pd.DataFrame(rows)
+
+
+def advantage_by_prompt(cont: pd.DataFrame, rollouts: pd.DataFrame, seed: int = 0
+                        ) -> pd.DataFrame:
+    """Continuation advantage per depth with a 95% CI resampled by *prompt* (continued rollouts
+    of one prompt are not independent): per prompt the mean teacher-minus-student accuracy over
+    its continued rollouts, then a bootstrap over prompts."""
+    pid = rollouts.set_index("rollout_id").prompt_id
+    rows = []
+    for depth, g in cont.groupby("depth", sort=True):
+        per = g.groupby(["rollout_id", "continuer"]).correct.mean().unstack("continuer")
+        diff = (per["teacher"] - per["student"]).dropna()
+        by_prompt = diff.groupby(pid.reindex(diff.index).to_numpy()).mean().to_numpy()
+        lo, hi = bootstrap_mean_ci(by_prompt, seed=seed)
+        rows.append({"depth": depth, "advantage": float(by_prompt.mean()), "ci_low": lo,
+                     "ci_high": hi, "n_prompts": len(by_prompt),
+                     "mean_prefix_len": float(g.prefix_len.mean())})
+    return pd.DataFrame(rows)
+
+
+def recommend_max_len(auroc_bins: pd.DataFrame, rollouts: pd.DataFrame,
+                      min_auroc: float = 0.6) -> tuple[float, str]:
+    """A ``--max-new-tokens`` recommendation in tokens, or ``(nan, reason)``.
+
+    The dense reward stops carrying outcome information at the first depth bin whose AUROC falls
+    below ``min_auroc`` after an earlier bin reached it; the recommendation is that bin's start in
+    tokens, *provided* it is at least the 90th percentile length of the student's correct
+    rollouts (a cap below what a correct answer needs would cut answers off)."""
+    au = auroc_bins.dropna(subset=["auroc_rbar"]) if len(auroc_bins) else auroc_bins
+    if len(au) < 2:
+        return np.nan, "not determined: fewer than 2 depth bins with both outcomes"
+    good = au.auroc_rbar.to_numpy() >= min_auroc
+    if not good.any():
+        return np.nan, (f"not determined: the reward's AUROC never reaches {min_auroc} (the dense "
+                        "signal does not predict the outcome at any depth)")
+    after = np.flatnonzero(~good & (np.cumsum(good) > 0))
+    if len(after) == 0:
+        return np.nan, (f"not determined: the reward's AUROC stays >= {min_auroc} at every depth "
+                        "(no degradation with depth)")
+    b = au.iloc[after[0]]
+    start = float(auroc_bins.mean_position.iloc[int(b.depth_bin)])
+    ok = rollouts.dropna(subset=["correct"])
+    ok = ok[ok.correct.astype(bool)]
+    need = float(np.quantile(ok.n_tokens, 0.9)) if len(ok) and "n_tokens" in ok else np.nan
+    if np.isnan(need):
+        return np.nan, "not determined: no correct student rollout to size an answer by"
+    if start < need:
+        return np.nan, (f"not determined: the reward's AUROC falls below {min_auroc} from ~"
+                        f"{start:.0f} tokens, but correct answers need {need:.0f} tokens (90th "
+                        "percentile): a cap there would cut them off")
+    return float(np.ceil(start)), (f"the reward's AUROC falls below {min_auroc} from ~{start:.0f} "
+                                   "tokens")
 
 
 def back_to_front(entropy: pd.DataFrame, factor: float = 1.5) -> dict:
@@ -79,7 +138,7 @@ def back_to_front(entropy: pd.DataFrame, factor: float = 1.5) -> dict:
                 onsets, key=lambda p: (-onsets[p], p)))}
 
 
-@register_probe("horizon", version=1, summary="teacher signal by depth: continuation advantage, "
+@register_probe("horizon", version=2, summary="teacher signal by depth: continuation advantage, "
                 "AUROC of r̄, overlap/entropy by depth, back-to-front detector -> max length")
 def horizon_probe(run: Run, n_depth_bins: int = 4, position_bin: int = 16,
                   min_advantage: float = 0.0) -> pd.DataFrame:
@@ -94,22 +153,26 @@ def horizon_probe(run: Run, n_depth_bins: int = 4, position_bin: int = 16,
     for b, g in first.groupby("depth_bin"):
         for m in ("overlap_ratio", "overlap_mass_t", "H_s", "H_t", "rkl"):
             rows.append(dict(section="depth", key=str(b), metric=m, value=float(g[m].mean())))
-    for _, r in reward_auroc_by_depth(states[states.step == states.step.min()], rollouts,
-                                      n_depth_bins).iterrows():
+    au = reward_auroc_by_depth(states[states.step == states.step.min()], rollouts, n_depth_bins)
+    for _, r in au.iterrows():
         rows.append(dict(section="auroc", key=str(int(r.depth_bin)), metric="auroc_rbar",
                          value=r.auroc_rbar))
+        rows.append(dict(section="auroc", key=str(int(r.depth_bin)), metric="mean_position",
+                         value=r.mean_position))
     cont = run.table("continuations")
-    recommended = np.nan
     if len(cont):
-        adv = continuation_advantage(cont)
+        adv = advantage_by_prompt(cont, rollouts)
         for _, r in adv.iterrows():
-            for m in ("advantage", "ci_low", "ci_high", "mean_prefix_len"):
+            for m in ("advantage", "ci_low", "ci_high", "n_prompts", "mean_prefix_len"):
                 rows.append(dict(section="continuation", key=f"{r.depth:g}", metric=m, value=r[m]))
         paying = adv.ci_low > min_advantage
         if paying.iloc[0] and not paying.all():
-            stop = adv[~paying].iloc[0]
-            recommended = float(stop.mean_prefix_len)
-    rows.append(dict(section="summary", key="", metric="recommended_max_len", value=recommended))
+            rows.append(dict(section="summary", key="", metric="advantage_stops_at_tokens",
+                             value=float(adv[~paying].iloc[0].mean_prefix_len)))
+    first_roll = rollouts[rollouts.step == rollouts.step.min()]
+    recommended, reason = recommend_max_len(au, first_roll)
+    rows.append(dict(section="summary", key=reason, metric="recommended_max_len",
+                     value=recommended))
     if states.step.nunique() >= 3:
         per["position_bin"] = per.t // position_bin * position_bin
         ent = per.groupby(["step", "position_bin"], as_index=False).H_s.mean()

@@ -15,11 +15,17 @@ Three views (each needs a verifiable task: prompts with answers and a verifier):
 The **novelty score** is the teacher-minus-student accuracy from the prompt, estimated in two
 phases (the budget goes where the answer is uncertain): the first stage is the student's
 rollouts and the teacher's own rollouts (a few per prompt); prompts where all of them had the
-same outcome are *settled* (gap 0); every other prompt — the student's frontier — gets fresh
-samples from both models (``frontier.parquet``) and its gap is measured on those alone. The
-score is the mean gap over all prompts, with a 95% bootstrap CI over prompts (the unit that was
-sampled). Without a second stage it falls back to the continuation advantage at the shallowest
-depth, then to the teacher-exclusive solve rate.
+same outcome are *settled*; every other prompt — the student's frontier — gets fresh samples
+from both models (``frontier.parquet``) and its gap is measured on those alone. A settled prompt
+is not gap 0 (4+4 samples of a teacher at 10% and a student at 2% leave ~60% of prompts "settled"
+at all-wrong although the true gap there is 0.08), so a simple random share of the settled
+prompts is re-sampled too (:func:`second_stage_prompts`) and weighted by the inverse of its
+inclusion probability (Horvitz–Thompson): the score is unbiased for the mean gap over all prompts
+(``tests/test_probes.py`` simulates it). 95% bootstrap CI over prompts (the unit that was
+sampled). Fallback estimands, used only without a second stage, carry their own names
+(``novelty_estimand``): ``continuation_advantage_depth0`` (failure-selected continuations), then
+``teacher_exclusive_solve_rate``; a run with no estimate gives NaN, which the verdict reads as
+"could not measure", never as GO.
 """
 
 from __future__ import annotations
@@ -32,11 +38,15 @@ from ..core.errors import OpdDiagError
 from ..core.runs import Run
 from .registry import register_probe
 
-SCORE_RULE = ("novelty = mean over prompts of teacher-minus-student accuracy from the prompt: 0 "
-              "on prompts where every first-stage sample of both models had the same outcome, "
-              "fresh second-stage samples of both models elsewhere (95% bootstrap CI over "
-              "prompts); without a second stage, the continuation advantage at the shallowest "
-              "depth, then the teacher-exclusive solve rate")
+SCORE_RULE = ("novelty = mean over prompts of teacher-minus-student accuracy from the prompt, "
+              "from fresh second-stage samples of both models on every frontier prompt and on a "
+              "random share of the settled ones (weighted by 1 / inclusion probability; 95% "
+              "bootstrap CI over prompts); without a second stage, the named fallbacks "
+              "continuation_advantage_depth0, then teacher_exclusive_solve_rate")
+
+SETTLED_SHARE = 0.25
+"""Share of the settled prompts re-sampled in the second stage (at least ``MIN_SETTLED``)."""
+MIN_SETTLED = 4
 
 
 def bootstrap_mean_ci(x: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float]:
@@ -123,13 +133,41 @@ def frontier_prompts(first: pd.DataFrame, teacher_same_rendering: bool) -> list[
     return first.prompt_id[~settled].astype(int).tolist()
 
 
+def settled_mask(first: pd.DataFrame, teacher_same_rendering: bool = True) -> pd.Series:
+    """True for prompts whose first-stage samples of both models all had the same outcome."""
+    if not teacher_same_rendering or "acc_teacher" not in first:
+        return pd.Series(False, index=first.index)
+    s, t = first.acc_student, first.acc_teacher
+    return ((s == 1) & (t == 1)) | ((s == 0) & (t == 0))
+
+
+def second_stage_prompts(first: pd.DataFrame, teacher_same_rendering: bool, *,
+                         settled_share: float = SETTLED_SHARE, min_settled: int = MIN_SETTLED,
+                         seed: int = 0) -> list[int]:
+    """Prompt ids for the second stage: every frontier prompt, plus a simple random sample of
+    ``max(min_settled, ceil(settled_share · S))`` of the ``S`` settled prompts (all of them when
+    fewer). :func:`frontier_gap` recovers the inclusion probability ``m / S`` from which settled
+    prompts appear in the second stage, so the estimate needs no extra bookkeeping."""
+    if not 0 <= settled_share <= 1:
+        raise OpdDiagError(f"settled_share must lie in [0, 1], got {settled_share}")
+    front = frontier_prompts(first, teacher_same_rendering)
+    settled = first.prompt_id[settled_mask(first, teacher_same_rendering)].astype(int).to_numpy()
+    m = min(len(settled), max(min_settled, int(np.ceil(settled_share * len(settled))))) \
+        if settled_share > 0 else 0
+    pick = np.random.default_rng(seed).choice(settled, size=m, replace=False) if m else []
+    return sorted(front + [int(p) for p in pick])
+
+
 def frontier_gap(first: pd.DataFrame, frontier: pd.DataFrame, seed: int = 0) -> dict:
     """Two-phase teacher-minus-student accuracy gap (see the module docstring).
 
-    ``first``: one row per prompt (``prompt_id``; the first stage, see
-    :func:`opd_diag.states.generations.first_stage_outcomes`); ``frontier``: the second stage, one row per
-    (``prompt_id``, ``model`` in {teacher, student}, ``sample``) with ``correct``. Prompts absent
-    from ``frontier`` count as settled (gap 0). Returns the score, its CI and the counts.
+    ``first``: one row per prompt (``prompt_id``; with ``acc_student`` / ``acc_teacher`` when
+    known, see :func:`first_stage_outcomes`); ``frontier``: the second stage, one row per
+    (``prompt_id``, ``model`` in {teacher, student}, ``sample``) with ``correct``. Frontier
+    prompts (and, without first-stage accuracies, every prompt in ``frontier``) weigh 1; the
+    ``m`` re-sampled of the ``S`` settled prompts weigh ``S / m`` (Horvitz–Thompson), the other
+    settled prompts 0. With no settled prompt re-sampled (``m = 0 < S``) the settled prompts
+    count as gap 0 — biased towards 0 — and ``settled_resampled`` is 0 so the caller can say so.
     """
     acc = (frontier.groupby(["prompt_id", "model"]).correct.mean().unstack("model")
            if len(frontier) else pd.DataFrame(columns=["teacher", "student"]))
@@ -137,16 +175,28 @@ def frontier_gap(first: pd.DataFrame, frontier: pd.DataFrame, seed: int = 0) -> 
     if missing:
         raise OpdDiagError(f"frontier samples lack the {sorted(missing)} model rows; re-run "
                            "`opd-diag preflight`")
-    gap = (acc["teacher"] - acc["student"]).reindex(first.prompt_id).fillna(0.0)
-    lo, hi = bootstrap_mean_ci(gap.to_numpy(), seed=seed)
-    on = acc.reindex(first.prompt_id).dropna()
+    pid = first.prompt_id.to_numpy()
+    settled = settled_mask(first).to_numpy() if {"acc_student", "acc_teacher"} <= set(first) \
+        else np.zeros(len(first), bool)
+    measured = pd.Series(pid).isin(acc.index).to_numpy()
+    n_settled, m = int(settled.sum()), int((settled & measured).sum())
+    weight = np.where(settled, n_settled / m if m else 0.0, 1.0)
+    g = (acc["teacher"] - acc["student"]).astype(float).reindex(pid).fillna(0.0).to_numpy()
+    contrib = g * weight
+    lo, hi = bootstrap_mean_ci(contrib, seed=seed)
+    on = acc.reindex(pid[measured & ~settled]).dropna()
     per_model = frontier.groupby("model").size() if len(frontier) else pd.Series(dtype=int)
-    return {"score": float(gap.mean()), "ci_low": lo, "ci_high": hi,
-            "n_prompts": len(gap), "n_frontier_prompts": len(on),
-            "samples_per_prompt": float(per_model.max() / max(len(on), 1)) if len(on) else 0.0,
+    n_meas = int(measured.sum())
+    resampled = acc.reindex(pid[measured & settled]).dropna()
+    return {"score": float(contrib.mean()) if len(contrib) else np.nan, "ci_low": lo,
+            "ci_high": hi, "n_prompts": len(pid), "n_frontier_prompts": len(on),
+            "n_settled_prompts": n_settled, "settled_resampled": m,
+            "samples_per_prompt": float(per_model.max() / n_meas) if n_meas else 0.0,
             "acc_teacher_frontier": float(on["teacher"].mean()) if len(on) else np.nan,
             "acc_student_frontier": float(on["student"].mean()) if len(on) else np.nan,
-            "gap_on_frontier": float((on["teacher"] - on["student"]).mean()) if len(on) else np.nan}
+            "gap_on_frontier": float((on["teacher"] - on["student"]).mean()) if len(on) else np.nan,
+            "gap_on_settled_resampled": float((resampled["teacher"] - resampled["student"]).mean())
+            if len(resampled) else np.nan}
 
 
 def reference_distance(refs: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +212,7 @@ def reference_distance(refs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@register_probe("novelty", version=2, summary="teacher novelty: two-phase accuracy gap on the "
+@register_probe("novelty", version=3, summary="teacher novelty: two-phase accuracy gap on the "
                 "student's frontier (bootstrap CI), exclusive solves, continuation advantage, "
                 "distance to reference models -> score")
 def novelty_probe(run: Run) -> pd.DataFrame:
@@ -190,20 +240,28 @@ def novelty_probe(run: Run) -> pd.DataFrame:
             f"{run.path} has no novelty evidence: needs teacher rollouts (aux/teacher), "
             "continuations or reference scores — run `opd-diag preflight` with prompts that have "
             "answers, or pass --reference")
+    estimand = "none"
+    score = lo = hi = np.nan
     if (run.path / "frontier.parquet").exists():
         first_stage, _ = first_stage_outcomes(run)
         fg = frontier_gap(first_stage, run.table("frontier"))
-        for m in ("n_prompts", "n_frontier_prompts", "samples_per_prompt", "acc_teacher_frontier",
-                  "acc_student_frontier", "gap_on_frontier"):
+        for m in ("n_prompts", "n_frontier_prompts", "n_settled_prompts", "settled_resampled",
+                  "samples_per_prompt", "acc_teacher_frontier", "acc_student_frontier",
+                  "gap_on_frontier", "gap_on_settled_resampled"):
             rows.append(dict(section="frontier", key="", metric=m, value=fg[m]))
         score, lo, hi = fg["score"], fg["ci_low"], fg["ci_high"]
+        estimand = ("two_phase_ipw" if fg["settled_resampled"] or not fg["n_settled_prompts"]
+                    else "two_phase_settled_as_zero")
     elif len(adv):
         shallow = adv.iloc[0]
         score, lo, hi = float(shallow.advantage), float(shallow.ci_low), float(shallow.ci_high)
+        estimand = "continuation_advantage_depth0"
     else:
         ex = {r["metric"]: r["value"] for r in rows if r["section"] == "exclusive"}
-        score = lo = hi = ex.get("teacher_exclusive_rate", np.nan)
-    rows.append(dict(section="score", key="", metric="novelty_score", value=score))
-    rows.append(dict(section="score", key="", metric="novelty_ci_low", value=lo))
-    rows.append(dict(section="score", key="", metric="novelty_ci_high", value=hi))
+        if "teacher_exclusive_rate" in ex:
+            score = lo = hi = ex["teacher_exclusive_rate"]
+            estimand = "teacher_exclusive_solve_rate"
+    rows.append(dict(section="score", key=estimand, metric="novelty_score", value=score))
+    rows.append(dict(section="score", key=estimand, metric="novelty_ci_low", value=lo))
+    rows.append(dict(section="score", key=estimand, metric="novelty_ci_high", value=hi))
     return pd.DataFrame(rows)

@@ -28,8 +28,24 @@ from .overlap import state_metrics
 from .registry import register_probe
 
 SCORE_RULE = ("compatibility = share of the teacher's top-k mass that lies on the shared top-k "
-              "set at the student's first-step states, Σ_{v∈I} q(v) / Σ_{v∈S_q} q(v) (1 for "
-              "identical models), times the template top-1 agreement when a template check ran")
+              "set, Σ_{v∈I} q(v) / Σ_{v∈S_q} q(v) (1 for identical models), averaged over the "
+              "student's first-step *forking* positions (either model's entropy > "
+              "FORK_ENTROPY nats, or their top-1s differ); the all-position value and the "
+              "forking share are reported beside it. The template check is its own condition")
+
+FORK_ENTROPY = 0.5
+"""A position is *forking* when either model's entropy exceeds this (nats), or the two models'
+top-1 tokens differ: where the student could go more than one way, i.e. where OPD's targets
+matter. Near-deterministic positions (formatting, copying) agree for almost any same-tokenizer
+pair and would dilute the score towards 1."""
+
+
+def forking_mask(states: pd.DataFrame, fork_entropy: float = FORK_ENTROPY) -> np.ndarray:
+    """True at forking positions (see :data:`FORK_ENTROPY`)."""
+    top1_s = np.array([ids[0] for ids in states.topk_ids_s])
+    top1_t = np.array([ids[0] for ids in states.topk_ids_t])
+    return ((states.H_s.to_numpy() > fork_entropy) | (states.H_t.to_numpy() > fork_entropy)
+            | (top1_s != top1_t))
 
 
 def _dist(counter: Counter, keys: list) -> np.ndarray:
@@ -74,9 +90,10 @@ def marker_token_ids(tokenizer, vocab: int) -> set[int]:
     return ids
 
 
-@register_probe("thinking", version=1, summary="thinking-pattern compatibility: step-0 overlap, "
-                "template check, structural signature, cross-likelihood -> score")
-def thinking_probe(run: Run, marker_ids: list[int] | None = None) -> pd.DataFrame:
+@register_probe("thinking", version=2, summary="thinking-pattern compatibility at forking "
+                "positions, template check, structural signature, cross-likelihood -> score")
+def thinking_probe(run: Run, marker_ids: list[int] | None = None,
+                   fork_entropy: float = FORK_ENTROPY) -> pd.DataFrame:
     """Component table (``component, value, note``) plus a ``compatibility_score`` row."""
     states = run.states
     if len(states) == 0:
@@ -101,10 +118,18 @@ def thinking_probe(run: Run, marker_ids: list[int] | None = None) -> pd.DataFram
         rows.append(dict(component="template_top1_agreement", value=tmpl_agree, note=""))
     if run.has_aux("teacher"):
         rows += _own_text_rows(run, marker_ids)
-    covered = float((per.overlap_mass_t / per.topk_mass_t).mean())
-    rows.append(dict(component="teacher_topk_mass_covered", value=covered,
-                     note="Σ_{v∈I} q(v) / Σ_{v∈S_q} q(v)"))
-    score = covered * (tmpl_agree if tmpl_agree is not None else 1.0)
+    del tmpl_agree  # its own condition (template alignment), never multiplied in
+    cov = (per.overlap_mass_t / per.topk_mass_t).to_numpy()
+    fork = forking_mask(step0, fork_entropy)
+    rows.append(dict(component="teacher_topk_mass_covered", value=float(cov.mean()),
+                     note="Σ_{v∈I} q(v) / Σ_{v∈S_q} q(v), all positions"))
+    rows.append(dict(component="forking_share", value=float(fork.mean()),
+                     note=f"share of positions where an entropy > {fork_entropy} or the top-1s "
+                     "differ"))
+    rows.append(dict(component="n_forking_positions", value=float(fork.sum()), note="count"))
+    score = float(cov[fork].mean()) if fork.any() else float(cov.mean())
+    rows.append(dict(component="teacher_topk_mass_covered_forking", value=score,
+                     note="at forking positions (all positions when none forks)"))
     rows.append(dict(component="compatibility_score", value=score, note=SCORE_RULE))
     return pd.DataFrame(rows)
 

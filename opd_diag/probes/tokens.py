@@ -23,9 +23,32 @@ from ..core.runs import Run, stack_list_column
 from .registry import register_probe
 
 UNREACHABLE_P = 1e-3
-"""A teacher token the student gives less than this probability is "out of reach": at this
-probability a student sampling ~1k tokens per rollout rarely visits it, and the reverse-KL
-gradient on its logit is scaled by p(v)."""
+"""v1 (kept as ``rkl_share_unreachable_p``, reported, not decided on): a teacher token the
+student gives less than this absolute probability. An absolute probability means different
+things at a 355- and a 151,936-token vocabulary, so the verdict uses the gradient ratio below."""
+
+GRAD_RATIO_CUTOFFS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+"""Cutoffs of the sensitivity curve (``section`` ``curve`` of the reachability table)."""
+GRAD_RATIO = 1e-2
+"""The decision cutoff: a teacher token is out of reach when the reverse-KL gradient on its logit
+is below this fraction of the forward-KL gradient (see :func:`corrective_signal`)."""
+
+
+def corrective_signal(states: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per (state, teacher top-k token): the forward-KL pull ``g_f = max(q(v) − p(v), 0)`` (the
+    gradient of ``KL(q‖p)`` on the student's logit ``v``: the teacher's corrective signal) and the
+    ratio ``|g_r| / g_f`` of the reverse-KL gradient ``g_r = p(v)(log p(v) − log q(v) − KL(p‖q))``
+    to it (``inf`` where ``g_f = 0``). Both are ratios of probabilities of the same token, so they
+    do not change when never-used rows (≈ 0 mass in both models) are appended to the heads —
+    unlike an absolute probability cutoff, whose meaning moves with the vocabulary size."""
+    lq = stack_list_column(states, "topk_logp_t").astype(np.float64)
+    lp = stack_list_column(states, "logp_s_on_topk_t").astype(np.float64)
+    q, p = np.exp(lq), np.exp(lp)
+    g_f = np.clip(q - p, 0, None)
+    g_r = np.abs(p * (lp - lq - states["rkl"].to_numpy()[:, None]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(g_f > 0, g_r / g_f, np.inf)
+    return g_f, ratio
 
 
 def _states(run: Run) -> pd.DataFrame:
@@ -65,18 +88,51 @@ def reachability_frame(states: pd.DataFrame, unreachable_p: float = UNREACHABLE_
     return out
 
 
-@register_probe("reachability", version=1, summary="where the teacher's corrections sit in the "
-                "student's distribution (rank, probability, corrective mass outside its top-k)")
-def reachability_probe(run: Run, unreachable_p: float = UNREACHABLE_P) -> pd.DataFrame:
-    """Per-step summary of the teacher's corrections at disagreement positions."""
-    per = reachability_frame(_states(run), unreachable_p)
+def _failed_rollouts(run: Run, states: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Mask of the states measured: the student's failed rollouts when outcomes are known and
+    any failed, else every state (the ``measured_on`` row says which)."""
+    known = run.rollouts.dropna(subset=["correct"])
+    failed = set(known.rollout_id[~known.correct.astype(bool)])
+    if failed:
+        return states.rollout_id.isin(failed), "failed_rollouts"
+    return pd.Series(True, index=states.index), "all_rollouts"
+
+
+@register_probe("reachability", version=2, summary="share of the teacher's corrective signal out "
+                "of reverse-KL's reach (gradient ratio, sensitivity curve, on the student's failed "
+                "rollouts); rank, probability, corrective mass outside its top-k")
+def reachability_probe(run: Run, unreachable_p: float = UNREACHABLE_P,
+                       grad_ratio: float = GRAD_RATIO) -> pd.DataFrame:
+    """Per-step summary of the teacher's corrections, one row per step, with the sensitivity
+    curve as columns ``grad_share_unreachable@1e-02`` … ``@1e-06`` (:data:`GRAD_RATIO_CUTOFFS`).
+
+    ``grad_share_unreachable`` (the decision statistic) = the share of the teacher's corrective
+    signal ``Σ g_f`` (:func:`corrective_signal`, over its top-k at every position) that sits on
+    tokens whose reverse-KL gradient is below ``grad_ratio`` × their forward-KL gradient, on the
+    student's failed rollouts (where the teacher's advantage lives) when outcomes are known."""
+    states = _states(run)
+    per = reachability_frame(states, unreachable_p)
+    g_f, ratio = corrective_signal(states)
+    where, measured_on = _failed_rollouts(run, states)
     rows = []
     for step, g in per.groupby("step", sort=True):
         d = g[g.disagree]
+        idx = g.index.to_numpy()
+        sel = idx[where.loc[idx].to_numpy()]
+        pos = states.index.get_indexer(sel)
+        total_f = g_f[pos].sum()
+
+        def share(cut, pos=pos, total_f=total_f):
+            return float((g_f[pos] * (ratio[pos] < cut)).sum() / total_f) if total_f > 0 else 0.0
+
         total_cm = d.corrective_mass.sum()
         row = {
             "step": step,
             "n_states": len(g),
+            "n_states_measured": len(sel),
+            "measured_on": measured_on,
+            "grad_share_unreachable": share(grad_ratio),
+            "grad_ratio": grad_ratio,
             "disagree_share": float(g.disagree.mean()),
             "n_disagree": len(d),
             "unreachable_share": float(d.unreachable.mean()) if len(d) else 0.0,
@@ -86,13 +142,16 @@ def reachability_probe(run: Run, unreachable_p: float = UNREACHABLE_P) -> pd.Dat
             "median_p_s_teacher_top1": float(d.p_s_teacher_top1.median()) if len(d) else np.nan,
             "corrective_mass_outside_share": float(d.corrective_mass_outside_s.sum() / total_cm)
             if total_cm > 0 else 0.0,
-            "rkl_share_unreachable": float(g.rkl[g.unreachable].sum() / g.rkl.sum())
+            "rkl_share_unreachable_p": float(g.rkl[g.unreachable].sum() / g.rkl.sum())
             if g.rkl.sum() > 0 else 0.0,
             "unreachable_p": unreachable_p,
         }
         if "rank_s_of_teacher_top1" in d:
             row["median_rank_s_of_teacher_top1"] = float(d.rank_s_of_teacher_top1.median()) \
                 if len(d) else np.nan
+        for c in GRAD_RATIO_CUTOFFS:  # the sensitivity curve, one column per cutoff
+            row[f"grad_share_unreachable@{c:.0e}"] = share(c)
+        row["rkl_share_unreachable"] = row["rkl_share_unreachable_p"]  # v1 name (plots)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -131,6 +131,9 @@ def _preflight(runs: list[Run], names: list[str], n_traj: int) -> Report:
                 plots=[F.depth_profile({names[0]: T.overlap_by_depth(run)})],
                 tables=[TableBlock("Run-level overlap", T.overlap_summary(run),
                                    "run.probe('overlap').query(\"level == 'run'\")"),
+                        TableBlock("Reading the numbers", T.glossary(
+                            [*T.overlap_summary(run).columns, "compatibility_score"]),
+                            "opd_diag.core.glossary.GLOSSARY"),
                         TableBlock("Compatibility components", T.thinking_components(run),
                                    "run.probe('thinking')")])
     sections.append(s)
@@ -168,9 +171,12 @@ def _config_table(run: Run) -> pd.DataFrame:
 def _training(runs: list[Run], names: list[str], n_traj: int) -> Report:
     run, name = runs[0], names[0]
     sections = [Section("Summary", tables=[
-        TableBlock("Final numbers", T.final_numbers(runs, names),
-                   "opd_diag.report.tables.final_numbers([run], [label])"),
-        TableBlock("Configuration", _config_table(run), "run.config")])]
+        TableBlock("Final numbers", T.final_numbers(runs, names).set_index("run").T
+                   .rename_axis("quantity").reset_index(),
+                   "opd_diag.report.tables.final_numbers([run], [label]).set_index('run').T"),
+        TableBlock("Configuration", _config_table(run), "run.config"),
+        TableBlock("Reading the numbers", T.glossary(T.curves(run).columns),
+                   "opd_diag.core.glossary.GLOSSARY")])]
     sections.append(Section("Training dynamics", "The paper's success signature: overlap ratio "
                             "rises, overlap masses stay near 1, the Eq. 7 advantage rises toward "
                             "0 and the entropy gap shrinks (§4).",
@@ -206,9 +212,10 @@ def _training(runs: list[Run], names: list[str], n_traj: int) -> Report:
 
 
 def _comparison(runs: list[Run], names: list[str], n_traj: int) -> Report:
+    final = T.final_numbers(runs, names).set_index("run").T.rename_axis("quantity").reset_index()
     sections = [Section("Final numbers", tables=[TableBlock(
-        "One row per run", T.final_numbers(runs, names),
-        "opd_diag.report.tables.final_numbers(runs, labels)")])]
+        "One column per run", final,
+        "opd_diag.report.tables.final_numbers(runs, labels).set_index('run').T")])]
     loops = {n: T.curves(r) for r, n in zip(runs, names, strict=True) if not r.metrics.empty}
     if loops:
         sections.append(Section("Training dynamics, overlaid", plots=[F.step_curves(loops)]))

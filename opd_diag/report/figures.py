@@ -29,6 +29,56 @@ _DEPTH_METRICS = (("overlap_ratio", "overlap ratio"), ("overlap_mass_s", "overla
                   ("entropy_gap", "entropy gap"), ("rkl", "reverse KL"))
 _STYLE = {"_s": "-", "_t": "--"}
 
+# y-axis label (with units) per plotted quantity; probabilities and shares live in [0, 1]
+UNITS: dict[str, str] = {
+    "overlap_ratio": "|S_p ∩ S_q| / k", "overlap_mass_s": "probability mass",
+    "overlap_mass_t": "probability mass", "eq7_advantage": "nats (≤ 0)", "H_s": "entropy (nats)",
+    "H_t": "entropy (nats)", "entropy_gap": "nats", "rkl": "KL (nats/token)",
+    "fkl": "KL (nats/token)", "loss": "loss (objective units)", "grad_norm": "L2 norm",
+    "acc": "accuracy", "gap_recovery": "share of the gap",
+}
+BOUNDED = {"overlap_ratio", "overlap_mass_s", "overlap_mass_t", "acc"}
+# the smallest y-span drawn: a 0.0005 wobble must not fill the panel and read as a crash
+MIN_SPAN = {"bounded": 0.1, "nats": 0.05, "other": 0.05}
+
+
+def unit_of(col: str) -> str:
+    if col.endswith("_acc") or "_acc/" in col:
+        return UNITS["acc"]
+    if col.endswith("_gap_recovery"):
+        return UNITS["gap_recovery"]
+    return UNITS.get(col, col)
+
+
+def sane_ylim(ax, values, col: str = "") -> None:
+    """Give the panel a y-range of at least a minimum span around its data (clamped to [0, 1]
+    for probabilities), so a tiny fluctuation looks tiny."""
+    v = np.asarray([x for x in np.ravel(values) if np.isfinite(x)], float)
+    if not len(v):
+        return
+    lo, hi = float(v.min()), float(v.max())
+    bounded = col in BOUNDED or col.endswith("_acc") or "_acc/" in col
+    span = MIN_SPAN["bounded"] if bounded else max(MIN_SPAN["other"], 0.1 * abs((lo + hi) / 2))
+    if hi - lo >= span:
+        pad = 0.05 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+    else:
+        mid = (lo + hi) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+    if bounded:  # keep the window inside [0, 1], shifting it rather than shrinking it
+        if lo < 0.0:
+            lo, hi = 0.0, max(hi - lo, span) if hi - lo < 1.0 else 1.0
+        if hi > 1.0:
+            lo, hi = max(0.0, 1.0 - max(hi - lo, span)), 1.0
+    ax.set_ylim(lo, hi)
+
+
+def depth_labels(bins, n_bins: int | None = None) -> list[str]:
+    """Relative-depth bin ``b`` of ``n`` as the range of t/T it holds, e.g. ``0–12%``."""
+    bins = [int(b) for b in bins]
+    n = n_bins or (max(bins) + 1 if bins else 1)
+    return [f"{100 * b // n}–{100 * (b + 1) // n}%" for b in bins]
+
 
 @dataclass
 class Plot:
@@ -79,6 +129,9 @@ def step_curves(frames: Mapping[str, pd.DataFrame],
                             else f"C{cols.index(col)}", lw=1.4, label=name)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(unit_of(cols[0]), fontsize=7)
+        sane_ylim(ax, [df[c].to_numpy(float) for df in frames.values() for c in cols if c in df],
+                  cols[0])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         if ax.lines and (len(cols) > 1 or len(frames) > 1):
@@ -99,11 +152,18 @@ def depth_profile(frames: Mapping[str, pd.DataFrame], title: str = "Alignment by
             keep[f"{label} @ step {s}" if s >= 0 else label] = df[df.step == s]
     metrics = [(c, n) for c, n in _DEPTH_METRICS if any(c in d for d in keep.values())]
     fig, axes = _fig(len(metrics), cols=3, h=2.3)
+    n_bins = max((int(d.depth_bin.max()) + 1 for d in keep.values() if len(d)), default=1)
     for ax, (col, name) in zip(axes, metrics, strict=True):
         for i, (label, d) in enumerate(keep.items()):
-            ax.plot(d.depth_bin, d[col], "o-", color=f"C{i}", ms=3, lw=1.2, label=label)
+            d = d.sort_values("depth_bin")
+            ax.plot(d.depth_bin.astype(int), d[col], "o-", color=f"C{i}", ms=3, lw=1.2,
+                    label=label)
+        ax.set_xticks(range(n_bins), depth_labels(range(n_bins), n_bins), fontsize=6,
+                      rotation=45 if n_bins > 6 else 0)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("depth bin (t/T)", fontsize=8)
+        ax.set_xlabel("relative depth t/T (bin)", fontsize=8)
+        ax.set_ylabel(unit_of(col), fontsize=7)
+        sane_ylim(ax, [d[col].to_numpy(float) for d in keep.values() if col in d], col)
         ax.tick_params(labelsize=7)
     if len(keep) > 1:
         axes[0].legend(fontsize=6)
@@ -122,10 +182,13 @@ def continuation_advantage(df: pd.DataFrame) -> Plot:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title("Teacher continuation advantage (95% CI)", fontsize=9)
     ax.set_xlabel("prefix depth (fraction of the student rollout)", fontsize=8)
+    ax.set_ylabel("accuracy difference (teacher − student)", fontsize=7)
     ax2.plot(x, df.acc_teacher, "o-", label="teacher continues", color="C1")
     ax2.plot(x, df.acc_student, "o--", label="student continues", color="C2")
     ax2.set_title("Continuation accuracy", fontsize=9)
-    ax2.set_xlabel("prefix depth", fontsize=8)
+    ax2.set_xlabel("prefix depth (fraction of the student rollout)", fontsize=8)
+    ax2.set_ylabel("accuracy", fontsize=7)
+    ax2.set_ylim(-0.02, 1.02)
     ax2.legend(fontsize=6)
     for a in (ax, ax2):
         a.tick_params(labelsize=7)
@@ -157,6 +220,8 @@ def reachability_bars(df: pd.DataFrame, nogo: float | None = None,
         if x is not None:
             ax.axvline(x, color="C3", ls=style, lw=1)
     ax.set_title("Where the teacher's corrections sit for the student", fontsize=9)
+    ax.set_xlabel("share of disagreement positions (last bar: share of KL)", fontsize=8)
+    ax.set_ylabel("where the correction sits", fontsize=8)
     ax.tick_params(labelsize=7)
     return Plot("reachability", "Reachability of the teacher's corrections", fig, table,
                 "Shares over disagreement positions (first step). Dotted/dashed lines: the "
@@ -171,15 +236,26 @@ def tip_quadrants(df: pd.DataFrame) -> Plot:
                              strict=True):
         grid = df.pivot(index="entropy", columns="divergence", values=col).reindex(
             index=["high", "low"], columns=["low", "high"])
-        ax.imshow(grid.to_numpy(float), cmap="Blues", vmin=0, vmax=1)
-        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9)
+        values = grid.to_numpy(float)
+        ax.imshow(np.ma.masked_invalid(values), cmap=_masked_cmap("Blues"), vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, "no data" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    fontsize=9 if np.isfinite(v) else 7, color="0.3" if np.isnan(v) else "black")
         ax.set_xticks([0, 1], ["low D", "high D"], fontsize=7)
         ax.set_yticks([0, 1], ["high H", "low H"], fontsize=7)
+        ax.set_xlabel("reverse KL D (median split)", fontsize=8)
+        ax.set_ylabel("student entropy H (median split)", fontsize=8)
         ax.set_title(name, fontsize=9)
     return Plot("tip", "Token quadrants: student entropy × divergence (TIP)", fig, df,
                 "Median split of student entropy H and reverse KL D over the visited states.",
                 "opd_diag.report.tables.tip_quadrants(run)  # token_level probe")
+
+
+def _masked_cmap(name: str):
+    """A colour map whose missing (masked / NaN) cells are hatched grey, outside its scale."""
+    import matplotlib as mpl
+
+    return mpl.colormaps[name].with_extremes(bad="#d9d9d9")
 
 
 def auroc_by_depth(df: pd.DataFrame) -> Plot:
@@ -188,7 +264,8 @@ def auroc_by_depth(df: pd.DataFrame) -> Plot:
     ax.plot(df.depth_bin, df.auroc_rbar, "o-")
     ax.axhline(0.5, color="grey", lw=0.8)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("depth bin (positions up to)", fontsize=8)
+    ax.set_xlabel("depth bin", fontsize=8)
+    ax.set_ylabel("AUROC (0.5 = uninformative)", fontsize=7)
     ax.set_title("AUROC of r̄ vs correctness", fontsize=9)
     return Plot("auroc", "Is the dense reward still informative at depth?", fig, df,
                 "Horizon probe, section 'auroc' (NaN where all rollouts share one outcome).",
@@ -197,33 +274,64 @@ def auroc_by_depth(df: pd.DataFrame) -> Plot:
 
 def eval_curves(frames: Mapping[str, pd.DataFrame], baselines: Mapping[str, pd.DataFrame]
                 ) -> Plot:
-    """Held-out accuracy and gap recovery over steps; teacher / initial student as lines."""
+    """Held-out accuracy (95% CI where logged) and gap recovery against optimizer steps done.
+
+    The initial student is drawn at 0 steps done (its accuracy is ``run.json``'s
+    ``eval_initial``), an eval row logged at step ``s`` at ``s + 1`` (it ran after that step's
+    update); the teacher is a dashed line.
+    """
     fig, (acc, rec) = _fig(2, cols=2)
+    rows = []
     for i, (label, ev) in enumerate(frames.items()):
         accs = [c for c in ev if c.endswith("_acc")]
         recs = [c for c in ev if c.endswith("_gap_recovery")]
-        for c in accs:
-            acc.plot(ev.step, ev[c], "o-", ms=3, color=f"C{i}", label=f"{label}: {c}")
-        for c in recs:
-            rec.plot(ev.step, ev[c], "o-", ms=3, color=f"C{i}", label=f"{label}: {c}")
         b = baselines.get(label, pd.DataFrame())
-        for _, r in b.iterrows():
-            for c in accs:
-                if c in r and pd.notna(r[c]):
-                    acc.axhline(r[c], color=f"C{i}", lw=0.8,
-                                ls="--" if r["model"] == "teacher" else ":")
-    acc.set_title("Eval accuracy (dashed: teacher, dotted: initial student)", fontsize=9)
+        init = b[b.model == "initial"].iloc[0] if len(b) and (b.model == "initial").any() else None
+        teacher = b[b.model == "teacher"].iloc[0] if len(b) and (b.model == "teacher").any() \
+            else None
+        for j, c in enumerate(accs):
+            x = (ev.step + 1).tolist()
+            y = ev[c].tolist()
+            lo = ev.get(f"{c}_ci_low", pd.Series(np.nan, index=ev.index)).tolist()
+            hi = ev.get(f"{c}_ci_high", pd.Series(np.nan, index=ev.index)).tolist()
+            if init is not None and c in init and pd.notna(init[c]):
+                x, y = [0, *x], [float(init[c]), *y]
+                lo = [float(init.get(f"{c}_ci_low", np.nan)), *lo]
+                hi = [float(init.get(f"{c}_ci_high", np.nan)), *hi]
+            y_, lo_, hi_ = (np.asarray(v, float) for v in (y, lo, hi))
+            colour = f"C{i if len(frames) > 1 else j}"
+            name = c if len(frames) == 1 else f"{label}: {c}"
+            acc.plot(x, y_, "o-", ms=3, color=colour, label=name)
+            if np.isfinite(lo_).any():
+                acc.fill_between(x, lo_, hi_, color=colour, alpha=0.15, lw=0)
+            if teacher is not None and c in teacher and pd.notna(teacher[c]):
+                acc.axhline(float(teacher[c]), color=colour, lw=0.8, ls="--")
+            rows += [dict(run=label, metric=c, steps_done=xx, value=v, ci_low=a, ci_high=h)
+                     for xx, v, a, h in zip(x, y_, lo_, hi_, strict=True)]
+        for j, c in enumerate(recs):
+            x = [0, *(ev.step + 1).tolist()]
+            y = [0.0, *ev[c].tolist()]
+            rec.plot(x, y, "o-", ms=3, color=f"C{i if len(frames) > 1 else j}",
+                     label=c if len(frames) == 1 else f"{label}: {c}")
+            rows += [dict(run=label, metric=c, steps_done=xx, value=v) for xx, v in zip(x, y,
+                                                                                    strict=True)]
+    acc.set_title("Eval accuracy, 95% CI (dashed: teacher)", fontsize=9)
+    acc.set_ylabel("accuracy", fontsize=7)
+    acc.set_ylim(-0.02, 1.02)
     rec.set_title("Gap recovery (acc − acc₀) / (acc_teacher − acc₀)", fontsize=9)
+    rec.set_ylabel("share of the gap (1 = teacher)", fontsize=7)
     rec.axhline(0, color="grey", lw=0.8)
+    rec.axhline(1, color="grey", lw=0.8, ls="--")
     for a in (acc, rec):
-        a.set_xlabel("step", fontsize=8)
+        a.set_xlabel("optimizer steps done (0 = initial student)", fontsize=8)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.tick_params(labelsize=7)
         if a.lines:
             a.legend(fontsize=6)
-    table = _stack(frames)
-    return Plot("eval", "Evaluation and gap recovery", fig, table,
-                "Held-out evaluation rows of metrics.jsonl; baselines from run.json.",
+    return Plot("eval", "Evaluation and gap recovery", fig, pd.DataFrame(rows),
+                "Held-out evaluation rows of metrics.jsonl (an eval at step s ran after that "
+                "step's update); the initial student and the teacher from run.json; shaded: Wilson "
+                "95% CI over eval prompts where the run logged it.",
                 "opd_diag.report.tables.eval_curve(run), eval_baselines(run)")
 
 
@@ -233,13 +341,18 @@ def step_heatmap(df: pd.DataFrame, column: str, value: str, title: str, name: st
     grid = df.pivot_table(index=column, columns="step", values=value)
     fig, (ax,) = _fig(1, h=3.0)
     fig.set_size_inches(8.0, 3.0)
-    im = ax.imshow(grid.to_numpy(float), aspect="auto", origin="lower", cmap=cmap,
-                   interpolation="nearest")
+    values = grid.to_numpy(float)
+    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", origin="lower",
+                   cmap=_masked_cmap(cmap), interpolation="nearest")
     ax.set_xticks(range(grid.shape[1]), [str(s) for s in grid.columns], fontsize=6,
                   rotation=90 if grid.shape[1] > 12 else 0)
-    ax.set_yticks(range(grid.shape[0]), [str(int(v)) for v in grid.index], fontsize=6)
+    ylabels = (depth_labels(grid.index, int(grid.index.max()) + 1) if column == "depth_bin"
+               else [str(int(v)) for v in grid.index])
+    ax.set_yticks(range(grid.shape[0]), ylabels, fontsize=6)
     ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel(column, fontsize=8)
-    fig.colorbar(im, ax=ax, label=value)
+    ax.set_ylabel({"depth_bin": "relative depth t/T", "position_bin": "position (tokens, bin start)"}
+                  .get(column, column), fontsize=8)
+    fig.colorbar(im, ax=ax, label=unit_of(value))
+    caption = f"{caption} Grey cells: no data (outside the colour scale)."
     ax.set_title(title, fontsize=9)
     return Plot(name, title, fig, df, caption, source)

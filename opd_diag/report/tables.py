@@ -79,7 +79,10 @@ def verdict(run: Run) -> tuple[str, pd.DataFrame]:
     recovery) of a pre-flight run."""
     df = run.probe("verdict")
     cols = ["condition", "metric", "value", "status", "rule", "recovery"]
-    return str(df["verdict"].iat[0]) if len(df) else "CAUTION", df[cols].reset_index(drop=True)
+    table = df[cols].reset_index(drop=True)
+    # as the CLI and Verdict.render(): every condition, recovery only under failing rows
+    table["recovery"] = table.recovery.where(table.status.isin(["CAUTION", "NO-GO"]), "")
+    return str(df["verdict"].iat[0]) if len(df) else "CAUTION", table
 
 
 def thinking_components(run: Run) -> pd.DataFrame:
@@ -121,6 +124,15 @@ def overlap_summary(run: Run) -> pd.DataFrame:
     cols = ["step", "n_rollouts", "n_states", "overlap_ratio", "overlap_mass_s", "overlap_mass_t",
             "eq7_advantage", "thunlp_adv_intersection", "entropy_gap", "H_s", "H_t", "rkl", "k"]
     return df[df.level == "run"][[c for c in cols if c in df]].reset_index(drop=True)
+
+
+def glossary(columns: Sequence[str]) -> pd.DataFrame:
+    """What each of ``columns`` means and how to read it (``opd_diag.core.glossary``)."""
+    from ..core.glossary import GLOSSARY
+
+    rows = [{"column": c, "what it is": GLOSSARY[c][0], "how to read it": GLOSSARY[c][1]}
+            for c in columns if c in GLOSSARY]
+    return pd.DataFrame(rows, columns=["column", "what it is", "how to read it"])
 
 
 def continuation_by_depth(run: Run) -> pd.DataFrame:

@@ -23,6 +23,7 @@ rank_s_of_top1_t       rank of the teacher's top-1 token in the student's distri
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,11 +45,14 @@ class CaptureConfig:
         top_k: size of the top-k lists kept for both models (default 16, as the paper).
         batch_size: rollouts per forward pass.
         chunk_tokens: completion positions per LM-head chunk; None picks ``16M / V``.
+        teacher_topk_only: sparse teacher mode (``--teacher-topk-only K``): the teacher is
+            seen only through its top-K log-probs and the sampled token's (``states/sparse.py``).
     """
 
     top_k: int = 16
     batch_size: int = 8
     chunk_tokens: int | None = None
+    teacher_topk_only: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_k, int) or self.top_k <= 0:
@@ -57,22 +61,95 @@ class CaptureConfig:
             raise OpdDiagError(f"capture batch_size must be positive, got {self.batch_size}")
         if self.chunk_tokens is not None and self.chunk_tokens <= 0:
             raise OpdDiagError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
+        if self.teacher_topk_only is not None and not (
+                isinstance(self.teacher_topk_only, int) and self.teacher_topk_only >= self.top_k):
+            raise OpdDiagError(f"--teacher-topk-only {self.teacher_topk_only} must be an integer "
+                               f"≥ --top-k ({self.top_k}): the teacher's top-k lists come from it")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def lm_head_logits(model, hidden_N_H: torch.Tensor) -> torch.Tensor:
-    """Apply a causal LM's output head (with Gemma-style soft-capping / Cohere logit scale)."""
-    logits = model.get_output_embeddings()(hidden_N_H)
+    """A causal LM's output head in float32, with the config's logit scalings.
+
+    The product runs in float32 whatever the model's dtype (bf16 logits tie and shuffle the
+    top-k tail), outside any autocast, and stays differentiable for a float32 (master-weight)
+    student. Scalings: Cohere ``logit_scale`` (×), Granite ``logits_scaling`` (÷), Gemma
+    ``final_logit_softcapping``. Anything else a model's forward does to its logits (e.g.
+    MiniCPM's hidden scaling) is caught by :func:`check_head` on a capture's first batch.
+    """
+    head = model.get_output_embeddings()
+    with torch.autocast(hidden_N_H.device.type, enabled=False):
+        if isinstance(head, torch.nn.Linear):
+            bias = None if head.bias is None else head.bias.float()
+            logits = torch.nn.functional.linear(hidden_N_H.float(), head.weight.float(), bias)
+        else:
+            logits = head(hidden_N_H).float()
     cfg = model.config
     scale = getattr(cfg, "logit_scale", None)
-    if isinstance(scale, (int, float)):
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         logits = logits * scale
+    granite = getattr(cfg, "logits_scaling", None)
+    if isinstance(granite, (int, float)) and not isinstance(granite, bool) and granite != 1:
+        logits = logits / granite
     cap = getattr(cfg, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+_HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HEAD_POSITIONS = 4
+
+
+def _head_tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol): 1e-3, widened to the resolution of the model's dtype (its bf16 logits are
+    rounded products, so the error scales with the position's largest logit)."""
+    return 1e-3, max(1e-3, 2 * torch.finfo(dtype).eps)
+
+
+@torch.no_grad()
+def check_head(model, prompt_ids: list[int], completion_ids: list[int], role: str) -> None:
+    """Stop unless :func:`lm_head_logits` reproduces ``model(...).logits`` on this rollout.
+
+    Run once per model (the first batch of a capture or of training): one rollout, a few
+    completion positions, the same single-row input for both paths (so the decoder's numbers
+    are identical and only the heads are compared), tolerance 1e-3 in the model's dtype.
+    """
+    if model in _HEAD_CHECKED:
+        return
+    dev = next(model.parameters()).device
+    ids, mask, _, pred_N, _, _ = prediction_index([prompt_ids], [completion_ids], 0)
+    pick = np.unique(np.linspace(0, len(pred_N) - 1, _HEAD_POSITIONS).round().astype(int))
+    pos = torch.from_numpy(pred_N[pick]).to(dev)
+    ids, mask = ids.to(dev), mask.to(dev)
+    ours = lm_head_logits(model, final_hidden(model, ids, mask)[0, pos])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:  # only the picked positions' logits (a full [L, V] would be GBs at real lengths)
+        theirs = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       use_cache=False, logits_to_keep=pos).logits[0].float()
+    except TypeError:  # a forward without logits_to_keep
+        theirs = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       use_cache=False).logits[0, pos].float()
+    if theirs.shape[0] != len(pos):
+        theirs = theirs[pos]
+    dtype = next(model.parameters()).dtype
+    if torch.is_autocast_enabled(dev.type):  # the training loop's bf16 autocast
+        dtype = torch.get_autocast_dtype(dev.type)
+    atol, rtol = _head_tolerance(dtype)
+    err = (ours - theirs).abs()
+    bad = err > atol + rtol * theirs.abs().amax(-1, keepdim=True)  # rounding scales with the row
+    if bool(bad.any()):
+        arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        raise OpdDiagError(
+            f"the {role}'s output head is not reproduced by the capture engine: {arch} "
+            f"(model_type {getattr(model.config, 'model_type', '?')!r}) changes its logits in "
+            f"a way lm_head_logits does not know (max |diff| {float(err.max()):.4g} over "
+            f"{len(pick)} positions, tolerance {atol:g} + {rtol:g}·max|logit|). Captured "
+            "distributions would differ from the ones the sampler used; this architecture is "
+            "not supported yet (please report it with its config.json)")
+    _HEAD_CHECKED[model] = True
 
 
 def final_hidden(model, input_ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
@@ -216,6 +293,8 @@ def score_states(
     temp = temperature if temperature > 0 else 1.0
     ids, mask, row_N, pred_N, t_N, token_N = prediction_index(prompt_ids, completion_ids, pad_id)
 
+    for role, model in (("student", student), ("teacher", teacher)):
+        check_head(model, prompt_ids[0], completion_ids[0], role)  # once per model
     hidden = {}
     for role, model in (("student", student), ("teacher", teacher)):
         dev = next(model.parameters()).device
@@ -228,8 +307,8 @@ def score_states(
     s_dev = next(student.parameters()).device
     for lo in range(0, N, chunk):
         hi = min(N, lo + chunk)
-        zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab].float().div_(temp)
-        zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab].float().div_(temp)
+        zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab].div_(temp)
+        zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab].div_(temp)
         store_chunk(out, lo, chunk_stats(zs, zt.to(s_dev), token_N[lo:hi], top_k, row_N[lo:hi]))
         del zs, zt
     out.update(row=row_N, t=t_N.astype(np.int32), token=token_N.numpy().astype(np.int32))
@@ -253,6 +332,9 @@ def states_table(scored: dict[str, np.ndarray], rollout_ids: list[str], steps: l
     }
     for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl", "rank_s_of_top1_t"):
         cols[name] = pa.array(scored[name])
+    for name in ("tail_mass_t", "H_t_lo", "H_t_hi", "fkl_lo", "fkl_hi", "rkl_lo", "rkl_hi"):
+        if name in scored:  # sparse-teacher intervals (core/sparse.py)
+            cols[name] = pa.array(scored[name])
     for name in _LIST_COLUMNS:
         arr = scored[name]
         cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])

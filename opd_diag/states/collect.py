@@ -9,6 +9,8 @@ rows equal what the killed run would have written).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +19,12 @@ from tqdm.auto import tqdm
 
 from ..core.errors import OpdDiagError
 from ..core.models import Pair
-from ..core.runs import RunWriter, read_table
+from ..core.prompts import check_prompt_chars
+from ..core.runs import RunWriter, check_capture_size, read_table
 from . import distributed
+from .backend import accepts_backend, current_backend
 from .capture import CaptureConfig, score_states, states_table
-from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
+from .rollout import SamplingConfig, render_prompt, row_seed
 
 Verifier = Callable[[str, str], bool]
 """``verifier(completion_text, answer) -> bool``: is this completion correct?"""
@@ -34,6 +38,8 @@ def rollout_id(step: int, prompt_id: int, sample_idx: int) -> str:
 def render_prompts(pair: Pair, prompts: pd.DataFrame, sampling: SamplingConfig) -> pd.DataFrame:
     """Add ``rendered``, ``input_ids``, ``render`` to a prompt frame and check context lengths."""
     tok = pair.tokenizer
+    limits = [m.context_length for m in (pair.student, pair.teacher) if m.context_length]
+    check_prompt_chars(prompts, min(limits) if limits else None)  # before tokenising anything
     rendered, ids, how = zip(*(render_prompt(tok, p, sampling.raw_prompt) for p in prompts.prompt),
                              strict=True)
     out = prompts.copy()
@@ -64,9 +70,9 @@ def generate_rollouts(pair: Pair, prompts: pd.DataFrame, rows: list[tuple[int, i
     pids = prompts.prompt_id.to_numpy()
     prompt_ids = [prompts.input_ids.iat[r] for r, _ in rows]
     seeds = [row_seed(sampling.seed + max(step, 0), int(pids[r]), s) for r, s in rows]
-    sampled = sample_batch(
+    sampled = current_backend().sample(  # --backend hf|vllm (states/backend.py)
         pair.student.model, prompt_ids, seeds, sampling,
-        eos_ids=eos_token_ids(pair.student.model, tok), pad_id=tok.pad_token_id,
+        eos_ids=pair.stop_token_ids, pad_id=tok.pad_token_id,  # both models' EOS ids
         vocab_limit=pair.compare_vocab,
     )
     texts = [tok.decode(c, skip_special_tokens=True) for c, _ in sampled]
@@ -93,15 +99,60 @@ def capture_rollouts(pair: Pair, prompts: pd.DataFrame, rollouts: pd.DataFrame,
     keep = rollouts[rollouts.n_tokens > 0]
     if len(keep) == 0:
         return None
-    scored = score_states(
-        pair.student.model, pair.teacher.model,
-        [by_id[p] for p in keep.prompt_id], list(keep.completion_ids),
-        top_k=capture.top_k, temperature=temperature, vocab=pair.compare_vocab,
-        pad_id=pair.tokenizer.pad_token_id, chunk_tokens=capture.chunk_tokens,
-    )
+    args = dict(top_k=capture.top_k, temperature=temperature, vocab=pair.compare_vocab,
+                pad_id=pair.tokenizer.pad_token_id, chunk_tokens=capture.chunk_tokens)
+    p_ids, c_ids = [by_id[p] for p in keep.prompt_id], list(keep.completion_ids)
+    if capture.teacher_topk_only:  # sparse teacher: a local teacher censored to its top-K
+        from .sparse import local_topk, score_states_topk_only
+
+        view = local_topk(pair.teacher.model, p_ids, c_ids, k=capture.teacher_topk_only,
+                          **{k: v for k, v in args.items() if k != "top_k"})
+        scored = score_states_topk_only(pair.student.model, view, p_ids, c_ids, **args)
+    else:
+        scored = score_states(pair.student.model, pair.teacher.model, p_ids, c_ids, **args)
     return states_table(scored, list(keep.rollout_id), list(keep.step), list(keep.n_tokens))
 
 
+_REUSE: ContextVar[Path | None] = ContextVar("opd_diag_reuse_student_rollouts", default=None)
+
+
+@contextmanager
+def reuse_student_rollouts(source: str | Path | None):
+    """Inside this block, a capture whose student, prompts, sampling config and EOS set equal
+    those of the run ``source`` copies its rollouts shards instead of sampling them again (the
+    scoring still runs: the teacher may differ). Any other capture — e.g. the teacher's own
+    rollouts, where the sampler is the teacher — samples as usual. Used by ``rank-teachers``:
+    the student is sampled once for every candidate teacher."""
+    token = _REUSE.set(None if source is None else Path(source))
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
+def _reusable_source(config: dict, meta: dict, prompts: pd.DataFrame):
+    """The run whose rollouts this capture may copy, or None (see :func:`reuse_student_rollouts`)."""
+    source = _REUSE.get()
+    if source is None or not (source / "run.json").is_file():
+        return None
+    from ..core.runs import load_run
+
+    src = load_run(source)
+    same_student = {k: v for k, v in src.meta.get("models", {}).get("student", {}).items()
+                    if k != "device"} == {k: v for k, v in meta["models"]["student"].items()
+                                          if k != "device"}
+    same_eos = {k: v for k, v in src.meta.items() if "eos" in k} == \
+        {k: v for k, v in meta.items() if "eos" in k} and \
+        src.meta.get("models", {}).get("stop_token_ids", {}).get("used") == \
+        meta["models"].get("stop_token_ids", {}).get("used")  # the stop set includes the teacher's
+    same_prompts = [list(map(int, x)) for x in src.prompts.input_ids] == \
+        [list(map(int, x)) for x in prompts.input_ids]
+    same = (src.config.get("sampling") == config["sampling"] and same_student and same_eos
+            and same_prompts and src.meta.get("backend") == meta.get("backend"))
+    return src.path if same else None
+
+
+@accepts_backend  # backend= "hf" | "vllm" | an object: how rollouts are sampled
 def run_capture(
     pair: Pair,
     prompts: pd.DataFrame,
@@ -118,6 +169,9 @@ def run_capture(
     """Sample student rollouts on ``prompts`` and capture both models at every visited state.
 
     Writes ``prompts``, ``rollouts`` and ``states`` tables into the run directory ``out``.
+    ``backend`` (``"hf"`` default, ``"vllm"``, or a backend object) samples the rollouts;
+    scoring is always the HF capture engine. Inside ``use_backend(...)`` the default is the
+    active backend.
     """
     sampling = sampling or SamplingConfig()
     capture = capture or CaptureConfig()
@@ -128,8 +182,16 @@ def run_capture(
     prompts = render_prompts(pair, prompts, sampling)
     config = {"sampling": sampling.to_dict(), "capture": capture.to_dict(),
               "n_prompts": len(prompts), **(extra_meta or {}).get("config", {})}
-    meta = {"models": pair.describe(), "seeds": {"sampling": sampling.seed}}
+    meta = {"models": pair.describe(), "seeds": {"sampling": sampling.seed},
+            "backend": current_backend().describe()}
+    if capture.teacher_topk_only:
+        from ..core.sparse import COLUMN_STATUS
+
+        meta["teacher_topk_only"] = {"k": capture.teacher_topk_only, "status": COLUMN_STATUS}
     meta.update({k: v for k, v in (extra_meta or {}).items() if k != "config"})
+    # before any list of rollouts is built: 10^8 samples must be refused, not swapped to death
+    check_capture_size(len(prompts) * sampling.n_samples, sampling.max_new_tokens, capture.top_k,
+                       out)
     rows = [(r, s) for r in range(len(prompts)) for s in range(sampling.n_samples)]
     batches = [rows[i: i + sampling.batch_size] for i in range(0, len(rows), sampling.batch_size)]
     # Under torchrun each rank takes every world_size-th *global* batch (see distributed.py), so
@@ -141,10 +203,14 @@ def run_capture(
                                     overwrite=overwrite, extra=meta) as run:
         if ctx.is_main:
             run.write_shard("prompts", "00000", prompts)
+        source = _reusable_source(config, meta, prompts)
+        if source is not None and ctx.is_main:
+            run.update_meta(student_rollouts_from=str(source))
         mine = distributed.shard(ctx, len(batches))
         bar = tqdm(mine, desc="capture", unit="batch", disable=not progress or not ctx.is_main)
         for b in bar:
-            _capture_batch(run, f"{b:06d}", pair, prompts, batches[b], sampling, capture, verifier)
+            _capture_batch(run, f"{b:06d}", pair, prompts, batches[b], sampling, capture, verifier,
+                           source)
         run.update_meta(n_rollouts=len(rows))
     return Path(out)
 
@@ -160,12 +226,17 @@ def _rank_fingerprint(config: dict, meta: dict, prompts: pd.DataFrame) -> dict:
 
 def _capture_batch(run: RunWriter, key: str, pair: Pair, prompts: pd.DataFrame,
                    batch: list[tuple[int, int]], sampling: SamplingConfig,
-                   capture: CaptureConfig, verifier: Verifier | None = None) -> None:
+                   capture: CaptureConfig, verifier: Verifier | None = None,
+                   source: Path | None = None) -> None:
     if run.has_shard("states", key):
         return
     done = run.existing_shard("rollouts", key)
+    copied = None if source is None else RunWriter(source, {}).existing_shard("rollouts", key)
     if done is not None:
         rollouts = read_table(done)
+    elif copied is not None:  # the same student rollouts, sampled once (reuse_student_rollouts)
+        rollouts = read_table(copied)
+        run.write_shard("rollouts", key, rollouts)
     else:
         rollouts = generate_rollouts(pair, prompts, batch, sampling, verifier=verifier)
         run.write_shard("rollouts", key, rollouts)

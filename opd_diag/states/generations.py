@@ -27,14 +27,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..core.divergences import kl
 from ..core.errors import OpdDiagError
 from ..core.models import LoadedModel, Pair
 from ..core.runs import Run, RunWriter
+from .backend import current_backend
 from .capture import CaptureConfig, score_states
 from .collect import Verifier, run_capture
-from .rollout import SamplingConfig, eos_token_ids, render_prompt, row_seed, sample_batch
+from .rollout import SamplingConfig, render_prompt, row_seed
 
 
 def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, run_dir: Path, sampling: SamplingConfig,
@@ -55,20 +57,24 @@ def _seed(*parts: int) -> int:
 
 
 def _sample(pair: Pair, model: LoadedModel, ids: list[list[int]], seeds: list[int],
-            sampling: SamplingConfig, batch_size: int) -> list[tuple[list[int], str]]:
-    """``sample_batch`` over rows in batches of ``batch_size``: one (completion, stop) per row."""
+            sampling: SamplingConfig, batch_size: int, desc: str = "",
+            progress: bool = False) -> list[tuple[list[int], str]]:
+    """The active backend's sampler over rows in batches of ``batch_size``: one (completion, stop) per row."""
     tok, outs = pair.tokenizer, []
-    for lo in range(0, len(ids), batch_size):
-        outs += sample_batch(model.model, ids[lo: lo + batch_size], seeds[lo: lo + batch_size],
-                             sampling, pad_id=tok.pad_token_id,
-                             eos_ids=eos_token_ids(model.model, tok),
-                             vocab_limit=pair.compare_vocab)
+    starts = range(0, len(ids), batch_size)
+    for lo in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        outs += current_backend().sample(model.model, ids[lo: lo + batch_size],
+                                         seeds[lo: lo + batch_size], sampling,
+                                         pad_id=tok.pad_token_id,
+                                         eos_ids=pair.stop_token_ids,
+                                         vocab_limit=pair.compare_vocab)
     return outs
 
 
 def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75),
                   n_continue: int = 2, max_rollouts: int = 32, verifier: Verifier,
-                  sampling: SamplingConfig, batch_size: int = 16) -> pd.DataFrame:
+                  sampling: SamplingConfig, batch_size: int = 16,
+                  progress: bool = False) -> pd.DataFrame:
     """Truncate student rollouts at each depth; teacher and student each continue them.
 
     Rollouts the student got wrong come first (up to ``max_rollouts``): the question is whether
@@ -103,7 +109,8 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
         ids = [list(prompts.at[j[0].prompt_id, "input_ids"]) + list(j[2]) for j in mine]
         seeds = [_seed(sampling.seed, zlib.crc32(j[0].rollout_id.encode()), int(j[1] * 1000), j[4])
                  for j in mine]
-        outs = _sample(pair, model, ids, seeds, sampling, batch_size)
+        outs = _sample(pair, model, ids, seeds, sampling, batch_size,
+                       desc=f"continuations ({who})", progress=progress)
         for (r, depth, prefix, _, s), (cont, reason) in zip(mine, outs, strict=True):
             text = tok.decode(list(prefix) + cont, skip_special_tokens=True)
             answer = prompts.at[r.prompt_id, "answer"]
@@ -119,13 +126,14 @@ def continuations(pair: Pair, run: Run, *, depths: tuple[float, ...] = (0.0, 0.2
 def frontier_samples(pair: Pair, run: Run, frontier: list[int], *, n_samples: int,
                      verifier: Verifier,
                      sampling: SamplingConfig, batch_size: int = 32,
-                     max_total: int | None = None) -> pd.DataFrame:
+                     max_total: int | None = None, progress: bool = False) -> pd.DataFrame:
     """Second stage of the novelty estimate: ``n_samples`` fresh samples per model from each
     frontier prompt (depth 0, the run's rendering). ``max_total`` caps the samples per model:
     with many frontier prompts each gets ``max(2, max_total // n_frontier)`` instead.
 
-    ``frontier`` are the prompt ids chosen from the first-stage samples only
-    (:func:`opd_diag.probes.novelty.frontier_prompts`),
+    ``frontier`` are the prompt ids chosen from the first-stage samples only (every frontier
+    prompt and a random share of the settled ones: :func:`opd_diag.probes.novelty.
+    second_stage_prompts`),
     and the second-stage samples are new draws, so their accuracies are unbiased for those
     prompts (two-phase sampling; re-using the first-stage samples would bias the gap upward,
     since a prompt is selected *because* one model failed there). Teacher and student share a
@@ -147,7 +155,8 @@ def frontier_samples(pair: Pair, run: Run, frontier: list[int], *, n_samples: in
     ids = [list(prompts.at[pid, "input_ids"]) for pid, _ in jobs]
     seeds = [row_seed(sampling.seed, pid, offset + s) for pid, s in jobs]
     for who, model in (("teacher", pair.teacher), ("student", pair.student)):
-        outs = _sample(pair, model, ids, seeds, sampling, batch_size)
+        outs = _sample(pair, model, ids, seeds, sampling, batch_size,
+                       desc=f"frontier samples ({who})", progress=progress)
         for (pid, s), (comp, reason) in zip(jobs, outs, strict=True):
             text = pair.tokenizer.decode(comp, skip_special_tokens=True)
             rows.append(dict(prompt_id=pid, model=who, sample=s, n_tokens=len(comp),
@@ -160,23 +169,28 @@ def frontier_samples(pair: Pair, run: Run, frontier: list[int], *, n_samples: in
 
 
 def reference_scores(pair: Pair, run: Run, references: dict[str, LoadedModel],
-                     max_rollouts: int = 64, batch_size: int = 8) -> pd.DataFrame:
+                     max_rollouts: int = 64, batch_size: int = 8,
+                     progress: bool = False) -> pd.DataFrame:
     """On the student's states, score the teacher against each reference model.
 
     Per (reference, state): ``kl_t_ref`` = KL(q ‖ r) exact over the vocabulary, the teacher's
     and the reference's sampled-token rewards ``log q(ŷ) − log p(ŷ)`` and ``log r(ŷ) − log p(ŷ)``.
+    Scored at the run's sampling temperature, like the states they are merged with.
     """
     states = run.states
     roll = run.rollouts[run.rollouts.n_tokens > 0].sort_values("rollout_id").head(max_rollouts)
     by_pid = run.prompts.set_index("prompt_id")["input_ids"]
+    temperature = float(run.config.get("sampling", {}).get("temperature", 1.0))
     frames = []
     for name, ref in references.items():
         if ref.tokenizer.get_vocab() != pair.tokenizer.get_vocab():
             raise OpdDiagError(f"reference model {name!r} does not share the pair's tokenizer")
-        for lo in range(0, len(roll), batch_size):
+        for lo in tqdm(range(0, len(roll), batch_size), desc=f"reference {name}", unit="batch",
+                       disable=not progress, leave=False):
             part = roll.iloc[lo: lo + batch_size]
             sc = score_states(pair.teacher.model, ref.model, [list(by_pid[p]) for p in part.prompt_id],
                               [list(c) for c in part.completion_ids], top_k=1,
+                              temperature=temperature,  # the states' temperature, not 1
                               vocab=pair.compare_vocab, pad_id=pair.tokenizer.pad_token_id)
             frames.append(pd.DataFrame({
                 "reference": name, "rollout_id": part.rollout_id.to_numpy()[sc["row"]],

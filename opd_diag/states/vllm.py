@@ -14,7 +14,9 @@ same rollouts frame as :func:`opd_diag.states.collect.generate_rollouts`, and
 :func:`opd_diag.states.collect.capture_rollouts` scores it.
 
 Reproducibility: each row gets ``SamplingParams(seed=row_seed(seed + step, prompt_id, sample))``,
-so rows are independent of batching and sharding, as in the HF sampler — but the two samplers use
+so rows are independent of batching and sharding, as in the HF sampler. The package routes all
+sampling through :mod:`.backend` (``--backend vllm`` uses :func:`sample_rows` and, in training,
+:func:`sync_weights`) — but the two samplers use
 different random streams, so their completions differ; only scoring is compared across engines.
 vLLM returns raw (temperature-1) prompt log-probs; we divide by the temperature and renormalise
 over ``[0, vocab)``, which equals ``log_softmax(logits[:vocab] / T)`` exactly.
@@ -50,6 +52,63 @@ def _vllm():
     return vllm
 
 
+def require() -> None:
+    """Raise the install hint unless vLLM imports and a CUDA GPU is visible."""
+    _vllm()
+    if not torch.cuda.is_available():
+        raise OpdDiagError("--backend vllm needs a CUDA GPU (none is visible); use --backend hf")
+
+
+def sample_rows(llm, prompt_ids: list[list[int]], seeds: list[int], cfg: SamplingConfig, *,
+                eos_ids: list[int], vocab_limit: int | None = None,
+                model_vocab: int | None = None) -> list[tuple[list[int], str]]:
+    """:func:`opd_diag.states.rollout.sample_batch`'s contract through vLLM.
+
+    One request per row with the row's own seed; the completion keeps its EOS token (as in the
+    HF sampler), ``stop_reason`` is ``"eos"`` or ``"length"``; ids at or above ``vocab_limit``
+    are excluded with ``allowed_token_ids`` when the model's head is wider.
+    """
+    vllm = _vllm()
+    eos = set(int(e) for e in eos_ids)
+    extra = {}
+    if vocab_limit is not None and model_vocab is not None and vocab_limit < model_vocab:
+        extra["allowed_token_ids"] = list(range(vocab_limit))
+    params = [vllm.SamplingParams(
+        n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=-1, seed=int(seed),
+        max_tokens=cfg.max_new_tokens, stop_token_ids=sorted(eos), skip_special_tokens=True,
+        **extra) for seed in seeds]
+    inputs = [{"prompt_token_ids": [int(t) for t in p]} for p in prompt_ids]
+    outs = llm.generate(inputs, sampling_params=params, use_tqdm=False)
+    results = []
+    for o in outs:
+        out = o.outputs[0]
+        ids = [int(t) for t in out.token_ids]
+        if out.finish_reason == "stop" and (not ids or ids[-1] not in eos) \
+                and out.stop_reason in eos:
+            ids.append(int(out.stop_reason))  # keep the EOS token, as the HF sampler does
+        results.append((ids, "eos" if ids and ids[-1] in eos else "length"))
+    return results
+
+
+def sync_weights(llm, model) -> None:
+    """Load the HF model's current weights into the engine in place (TRL's colocate sync:
+    ``model_runner.model.load_weights(state_dict.items())``, then drop the prefix cache)."""
+    engine = llm.llm_engine
+    executor = getattr(engine, "model_executor", None)
+    worker = getattr(executor, "driver_worker", None) if executor is not None else None
+    runner = getattr(getattr(worker, "worker", worker), "model_runner", None)
+    if runner is None:
+        # vLLM V1 keeps the model in a worker process: call load_weights there
+        def _load(self, items):
+            self.model_runner.model.load_weights(items)
+        items = [(k, v.detach().cpu()) for k, v in model.state_dict().items()]
+        llm.collective_rpc(_load, args=(items,))
+    else:
+        runner.model.load_weights(((k, v.detach()) for k, v in model.state_dict().items()))
+    if hasattr(llm, "reset_prefix_cache"):
+        llm.reset_prefix_cache()
+
+
 def load_llm(path: str, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.4,
              max_logprobs: int = 20, seed: int = 0, **kwargs):
     """A ``vllm.LLM`` for a local model dir. Student and teacher share a GPU: keep the two
@@ -70,27 +129,21 @@ def generate_rollouts_vllm(llm, tokenizer, prompts: pd.DataFrame, rows: list[tup
         sampling: temperature, top-p, budget and base seed.
         step: training step (−1 offline).
     """
-    from .collect import rollout_id
-
-    vllm = _vllm()
     pids = prompts.prompt_id.to_numpy()
-    params = [vllm.SamplingParams(
-        n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=-1,
-        max_tokens=sampling.max_new_tokens, seed=row_seed(sampling.seed + max(step, 0),
-                                                          int(pids[r]), s),
-        skip_special_tokens=True) for r, s in rows]
-    inputs = [{"prompt_token_ids": list(map(int, prompts.input_ids.iat[r]))} for r, _ in rows]
-    outs = llm.generate(inputs, sampling_params=params, use_tqdm=False)
-    comps = [list(o.outputs[0].token_ids) for o in outs]
+    seeds = [row_seed(sampling.seed + max(step, 0), int(pids[r]), s) for r, s in rows]
+    eos = [i for i in (tokenizer.eos_token_id,) if i is not None]
+    sampled = sample_rows(llm, [list(prompts.input_ids.iat[r]) for r, _ in rows], seeds,
+                          sampling, eos_ids=eos)
+    comps = [c for c, _ in sampled]
     return pd.DataFrame({
-        "rollout_id": [rollout_id(step, int(pids[r]), s) for r, s in rows],
+        "rollout_id": [f"s{step}/p{int(pids[r])}/n{s}" for r, s in rows],  # collect.rollout_id
         "prompt_id": [int(pids[r]) for r, _ in rows],
         "step": step,
         "sample_idx": [s for _, s in rows],
         "completion": [tokenizer.decode(c, skip_special_tokens=True) for c in comps],
         "completion_ids": comps,
         "n_tokens": [len(c) for c in comps],
-        "stop_reason": ["eos" if o.outputs[0].finish_reason == "stop" else "length" for o in outs],
+        "stop_reason": [r for _, r in sampled],
         "correct": pd.array([None] * len(rows), dtype="boolean"),
     })
 

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 from .arithmetic import AdditionTask
 from .base import Problem, Task, get_task, list_tasks, register_task
+from .sorting import SortTask
 
-__all__ = ["AdditionTask", "Problem", "Task", "get_task", "list_tasks", "register_task"]
+__all__ = [
+    "AdditionTask", "Problem", "SortTask", "Task", "get_task", "list_tasks", "register_task"
+]
 
 register_task(AdditionTask("addition", n_operands=2, max_digits=5))
+register_task(SortTask("sort", max_len=12))

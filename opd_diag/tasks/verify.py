@@ -113,7 +113,43 @@ class Verifier:
 
 
 def _from_extractor(spec: str, extract: Extractor) -> Verifier:
-    return Verifier(spec, extract, lambda text, ans: answers_match(extract(text), ans))
+    return _tag(Verifier(spec, extract, lambda text, ans: answers_match(extract(text), ans)))
+
+
+def _tag(v: Verifier) -> Verifier:
+    """Let ``v.check`` (what ``run_preflight`` receives) carry its spec and extractor, so the
+    pre-flight can measure how many completions the checker parses at all."""
+    v.check.spec, v.check.extract = v.spec, v.extract
+    return v
+
+
+MIN_EXTRACTED = 0.5
+"""Below this share of parsed completions a checker is reading the wrong format."""
+
+
+def extraction_report(texts: list[str], extract: Extractor, n_examples: int = 3) -> dict:
+    """How many ``texts`` the extractor finds an answer in: ``n``, ``n_extracted``, ``share`` and
+    up to ``n_examples`` ``(completion tail, extracted)`` examples of parsed ones."""
+    found = [extract(t) for t in texts]
+    ok = [(t[-80:], f) for t, f in zip(texts, found, strict=True) if f is not None]
+    return {"n": len(texts), "n_extracted": len(ok),
+            "share": len(ok) / len(texts) if texts else float("nan"), "examples": ok[:n_examples]}
+
+
+def checkers_that_parse(texts: list[str], min_share: float = MIN_EXTRACTED) -> list[str]:
+    """Built-in checkers (``auto``, ``boxed``, ``hash``, ``answer``, ``task:NAME``) that extract an
+    answer from at least ``min_share`` of ``texts``, best first."""
+    from . import list_tasks
+
+    specs = ["auto", "boxed", "hash", "answer"] + [f"task:{t}" for t in list_tasks()]
+    shares = []
+    for spec in specs:
+        v = make_verifier(spec)
+        if v.extract is not None:
+            share = extraction_report(texts, v.extract)["share"]
+            if share >= min_share:
+                shares.append((share, spec))
+    return [f"{spec} ({share:.0%})" for share, spec in sorted(shares, key=lambda x: -x[0])]
 
 
 def make_verifier(spec: str = "auto") -> Verifier:
@@ -135,7 +171,8 @@ def make_verifier(spec: str = "auto") -> Verifier:
         except ImportError:
             raise OpdDiagError(f"checker {spec!r}: opd_diag.tasks is not available") from None
         task = get_task(spec[len("task:"):])
-        return Verifier(spec, task.extract_answer, lambda text, ans: bool(task.check(text, ans)))
+        return _tag(Verifier(spec, task.extract_answer,
+                             lambda text, ans: bool(task.check(text, ans))))
     if re.fullmatch(r"[\w.]+:\w+", spec):
         module, func = spec.split(":")
         try:
@@ -144,7 +181,7 @@ def make_verifier(spec: str = "auto") -> Verifier:
             raise OpdDiagError(f"checker {spec!r}: cannot import {module}.{func}: {exc}") from None
         if not callable(fn):
             raise OpdDiagError(f"checker {spec!r}: {module}.{func} is not callable")
-        return Verifier(spec, None, lambda text, ans: bool(fn(text, ans)))
+        return _tag(Verifier(spec, None, lambda text, ans: bool(fn(text, ans))))
     raise OpdDiagError(
         f"unknown checker {spec!r}; use auto | boxed | hash | answer | regex:PATTERN | "
         "task:NAME | module:function"

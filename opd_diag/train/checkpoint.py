@@ -2,7 +2,8 @@
 
 ```
 RUN/checkpoints/step-000050/
-  model.safetensors, config.json, tokenizer files   a loadable HF student directory
+  model.safetensors, config.json, tokenizer files   a loadable HF student directory (the
+                    float32 master weights, also under --dtype bfloat16: resume is exact)
   trainer.pt        optimizer + scheduler state and the torch RNG state (tensors only)
   state.json        step, data cursor, python/numpy RNG states, metrics rows so far
 ```
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import OpdDiagError
+from ..core.quiet import hf_progress_bars_off
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -44,7 +46,8 @@ def save_checkpoint(run_path: Path, step: int, model, tokenizer, optimizer, sche
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        with hf_progress_bars_off():
+            model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")

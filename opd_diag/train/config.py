@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..core.divergences import AGGREGATIONS, TOPK_STRATEGIES, TOPK_WEIGHTINGS
 from ..core.errors import OpdDiagError
+from .trackers import parse_report_to
 
 OBJECTIVES = ("sampled_token", "topk", "reverse_kl", "forward_kl", "jsd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -50,8 +51,10 @@ class TrainConfig:
     batch_prompts: int = _h("prompts per step", 8)
     n_samples: int = _h("completions per prompt", 4)
     temperature: float = _h("sampling temperature (> 0: OPD samples)", 1.0)
-    top_p: float = _h("nucleus mass for sampling", 1.0)
-    max_new_tokens: int = _h("completion budget", 256)
+    top_p: float = _h("nucleus mass for sampling: must be 1 (top_p < 1 samples from the "
+                      "nucleus while capture and the loss use the full distribution: refused)", 1.0)
+    max_new_tokens: int | None = _h("completion budget (None: the student's generation_config "
+                                    "max_new_tokens; required when it sets none)", None)
     raw_prompt: bool = _h("feed prompts as raw text even with a chat template", False)
     rollout_batch_size: int = _h("rows per generation batch", 64)
     # capture / logging
@@ -59,6 +62,14 @@ class TrainConfig:
     capture_batch_size: int = _h("rollouts per capture forward", 64)
     chunk_tokens: int | None = _h("positions per LM-head chunk (None: 16M / vocab)", None)
     states_every: int = _h("keep the states table every n-th step (scalars always)", 1)
+    states_sample: float = _h("fraction of each kept step's rollouts whose top-k state rows are "
+                              "stored (seeded per rollout); metrics.jsonl scalars stay exact over "
+                              "all rollouts", 1.0)
+    gradient_checkpointing: bool = _h("recompute the student's decoder activations in backward "
+                                      "(HF gradient checkpointing): less memory at long lengths",
+                                      False)
+    report_to: str = _h("also mirror each metrics row to: none | tensorboard | wandb "
+                        "(comma-separated; needs the package installed)", "none")
     # evaluation
     eval_every: int = _h("evaluate every N steps (0 = never; also at step 0 and the end)", 0)
     eval_greedy: bool = _h("greedy accuracy", True)
@@ -74,7 +85,9 @@ class TrainConfig:
     keep_checkpoints: int = _h("checkpoints kept on disk (oldest deleted)", 2)
     seed: int = _h("seed of sampling, the data order and torch", 0)
     device: str = _h("student device: cpu | cuda | cuda:N | auto", "cpu")
-    dtype: str = _h("student dtype (trained in this dtype)", "float32")
+    dtype: str = _h("student compute dtype: float32, or bfloat16 / float16 = fp32 master "
+                    "weights and optimizer state with autocast forward/backward in that dtype "
+                    "(checkpoints keep the fp32 masters)", "float32")
     teacher_device: str = _h("teacher device", "cpu")
     teacher_dtype: str = _h("teacher dtype", "float32")
 
@@ -84,6 +97,7 @@ class TrainConfig:
                 raise OpdDiagError(f"invalid train config: {msg}")
 
         need(self.objective in OBJECTIVES, f"objective {self.objective!r} not in {OBJECTIVES}")
+        parse_report_to(self.report_to)  # raises with the valid names
         need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be ≥ 0, got {self.top_k}")
         need(self.strategy in TOPK_STRATEGIES, f"unknown strategy {self.strategy!r}; "
              f"use one of {TOPK_STRATEGIES}")
@@ -102,7 +116,15 @@ class TrainConfig:
         need(self.capture_top_k >= 1, f"capture_top_k must be ≥ 1, got {self.capture_top_k}")
         need(self.top_k <= self.capture_top_k or self.objective != "topk",
              f"top_k {self.top_k} exceeds capture_top_k {self.capture_top_k}")
-        for name in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "rollout_batch_size",
+        need(self.max_new_tokens is None or self.max_new_tokens >= 1,
+             f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        need(self.top_p == 1.0, f"top_p {self.top_p} < 1 is refused in train: nucleus sampling "
+             "draws from a truncated distribution while the captured states and the loss use the "
+             "full one, so the rollouts would be off-policy for the objective; use temperature "
+             "to sharpen sampling instead")
+        need(0 < self.states_sample <= 1, f"states_sample must lie in (0, 1], got "
+             f"{self.states_sample}")
+        for name in ("steps", "batch_prompts", "n_samples", "rollout_batch_size",
                      "capture_batch_size", "states_every", "eval_batch_size", "keep_checkpoints"):
             need(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "ckpt_every", "eval_n_samples"):
@@ -121,6 +143,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_budget(self, model) -> TrainConfig:
+        """This config with ``max_new_tokens`` resolved against the student (a ``LoadedModel``):
+        given, else its ``generation_config.max_new_tokens``, else an error."""
+        from dataclasses import replace
+
+        from ..core.models import resolve_max_new_tokens
+
+        return replace(self, max_new_tokens=resolve_max_new_tokens(self.max_new_tokens, model))
+
 
 PRESETS: dict[str, dict] = {
     # Tiny random models in tests: seconds per step.
@@ -131,7 +162,8 @@ PRESETS: dict[str, dict] = {
                 "n_samples": 4, "max_new_tokens": 144, "temperature": 1.0, "eval_every": 50,
                 "eval_greedy": True, "checker": "task:addition", "ckpt_every": 50,
                 "states_every": 10, "schedule": "cosine", "warmup_steps": 10},
-    # A real model on one GPU (thunlp defaults, scaled to one device).
+    # A real model on one GPU (thunlp defaults, scaled to one device). dtype bfloat16 means fp32
+    # master weights + AdamW state with bf16 autocast (pure bf16 at lr 1e-6 barely moves).
     "gpu": {"objective": "topk", "top_k": 16, "lr": 1e-6, "batch_prompts": 64, "n_samples": 4,
             "max_new_tokens": 7168, "device": "cuda", "dtype": "bfloat16",
             "teacher_device": "cuda", "teacher_dtype": "bfloat16", "eval_every": 20,

@@ -92,12 +92,31 @@ def evaluate_model(model, tokenizer, prompts: pd.DataFrame, verifier: Verifier, 
     return per_sample, summarize(per_sample)
 
 
+def wilson_ci(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval for a proportion ``p`` over ``n`` items (never outside [0, 1],
+    sensible at p = 0 or 1, unlike the normal approximation)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def summarize(per_sample: pd.DataFrame) -> dict:
-    """Accuracy per mode and per (mode, subset); avg@n averages prompts' mean correctness."""
+    """Accuracy per mode and per (mode, subset); avg@n averages prompts' mean correctness.
+
+    Each mode's accuracy also gets ``{mode}_acc_ci_low/_high`` (Wilson 95% over the eval
+    prompts; for avg@n the per-prompt means are treated as proportions over the prompts) and
+    ``{mode}_n_prompts``.
+    """
     out = {}
     for mode, g in per_sample.groupby("mode", sort=False):
         per_prompt = g.groupby(["subset", "prompt_id"]).correct.mean()
         out[f"{mode}_acc"] = float(per_prompt.mean())
+        out[f"{mode}_n_prompts"] = int(len(per_prompt))
+        out[f"{mode}_acc_ci_low"], out[f"{mode}_acc_ci_high"] = wilson_ci(
+            float(per_prompt.mean()), len(per_prompt))
         for subset, acc in per_prompt.groupby(level="subset").mean().items():
             out[f"{mode}_acc/{subset}"] = float(acc)
     return out
@@ -107,6 +126,8 @@ def gap_recovery(now: dict, before: dict, teacher: dict) -> dict:
     """``(now − before) / (teacher − before)`` for every accuracy key (NaN when the gap is 0)."""
     out = {}
     for key, value in now.items():
+        if not (key.endswith("_acc") or "_acc/" in key):  # CIs and counts have no recovery
+            continue
         gap = teacher.get(key, np.nan) - before.get(key, np.nan)
         out[key.replace("_acc", "_gap_recovery", 1)] = (
             float((value - before[key]) / gap) if np.isfinite(gap) and abs(gap) > 1e-12 else float("nan"))

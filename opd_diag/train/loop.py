@@ -35,10 +35,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import OpdDiagError
-from ..core.models import Pair
+from ..core.models import Pair, resolve_dtype
 from ..core.runs import RunWriter, read_jsonl
 from ..probes.overlap import state_metrics
 from ..states import distributed
+from ..states.backend import accepts_backend, current_backend
 from ..states.capture import _LIST_COLUMNS, states_table
 from ..states.collect import generate_rollouts, render_prompts
 from ..states.rollout import SamplingConfig
@@ -47,6 +48,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .evaluate import evaluate_model, gap_recovery, require_answers
 from .losses import StudentStates, idle_forward, loss_denominator, opd_forward
+from .trackers import Trackers, parse_report_to, require_packages
 
 _SHARDED = ("rollouts", "states", "eval")
 _MEANS = ("overlap_ratio", "overlap_mass_s", "overlap_mass_t", "eq7_advantage", "H_s", "H_t",
@@ -96,6 +98,7 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
+@accepts_backend  # backend= "hf" | "vllm" | an object; vLLM engines get the weights each step
 def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, *,
           eval_prompts: pd.DataFrame | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, extra_meta: dict | None = None) -> Path:
@@ -110,12 +113,16 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
         prompts: a validated prompt frame (``load_prompts``).
         eval_prompts: held-out prompts with ``answer`` (and optional ``subset``) for evaluation.
         resume: continue ``out`` from its last checkpoint (same config required).
+        backend: ``"hf"`` (default), ``"vllm"`` or a backend object for the rollouts; with vLLM
+            the student's weights are synced into its engine before every step's sampling.
     """
     if cfg.eval_every and eval_prompts is None:
         raise OpdDiagError("eval_every > 0 needs held-out eval prompts (--eval-prompts FILE)")
     if cfg.capture_top_k > pair.compare_vocab:
         raise OpdDiagError(f"capture_top_k {cfg.capture_top_k} exceeds the vocabulary "
                            f"({pair.compare_vocab} tokens)")
+    require_packages(parse_report_to(cfg.report_to))
+    cfg = cfg.with_budget(pair.student)  # max_new_tokens None: the student's generation config
     ctx = init_distributed(cfg.device)
     sampling = SamplingConfig(n_samples=cfg.n_samples, temperature=cfg.temperature,
                               top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
@@ -127,13 +134,17 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
         require_answers(eval_prompts, "eval prompts")
         eval_prompts = render_prompts(pair, eval_prompts, sampling)
     student = pair.student.model
+    amp, precision = _mixed_precision(student, cfg)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     config = {**cfg.to_dict(), "n_prompts": len(prompts), "student": pair.student.path,
               "teacher": pair.teacher.path,
               "n_eval_prompts": 0 if eval_prompts is None else len(eval_prompts)}
-    meta = {"models": pair.describe(), "seeds": {"train": cfg.seed}, **(extra_meta or {})}
+    meta = {"models": pair.describe(), "seeds": {"train": cfg.seed}, "precision": precision,
+            **(extra_meta or {})}
     if ctx.active:
         distributed.check_same_config(ctx, _fingerprint(config, meta, prompts, eval_prompts),
                                       "train config")
@@ -147,27 +158,32 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
     with distributed.open_run_ranks(ctx, out, "train", config, resume=True) as run:
         start = _restore(run, ctx, student, optimizer, scheduler)
         student_states = _wrap(StudentStates(student), ctx)
-        evaluator = _Evaluator(run, pair, eval_prompts, cfg, verifier) \
+        evaluator = _Evaluator(run, pair, eval_prompts, cfg, verifier, amp) \
             if eval_prompts is not None and ctx.is_main else None
         if evaluator:
             evaluator.baselines()
+        trackers = Trackers(parse_report_to(cfg.report_to) if ctx.is_main else [], run.path,
+                            config)
         bar = tqdm(range(start, cfg.steps), desc="opd", unit="step",
                    disable=not progress or not ctx.is_main, initial=start, total=cfg.steps)
         for step in bar:
             timer = _Timer()
             # 1. sample: the student's own trajectories (seeded per step, prompt and sample)
             rows = rank_rows(batch_rows(step, len(prompts), cfg), ctx)
-            rollouts = pd.concat([generate_rollouts(pair, prompts, rows[lo: lo + cfg.rollout_batch_size],
-                                                    sampling, step=step)
-                                  for lo in range(0, len(rows), cfg.rollout_batch_size)],
-                                 ignore_index=True)
+            current_backend().sync_weights(student)  # vLLM: this step's weights (HF: no-op)
+            with amp():
+                rollouts = pd.concat([generate_rollouts(pair, prompts,
+                                                        rows[lo: lo + cfg.rollout_batch_size],
+                                                        sampling, step=step)
+                                      for lo in range(0, len(rows), cfg.rollout_batch_size)],
+                                     ignore_index=True)
             _mark_correct(rollouts, prompts, verifier)
             timer.lap("sample")
             # 2. capture + loss: one student forward (with grad) and one teacher forward per
             # micro-batch give its states and its share of the loss; backward accumulates
             parts, loss_sum, denominator = _capture_and_backward(
                 pair, prompts, rollouts[rollouts.n_tokens > 0], cfg, ctx, student_states,
-                optimizer, timer)
+                optimizer, timer, amp)
             # 3. step (gradients are identical on every rank after DDP's all-reduce)
             clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), clip))
@@ -176,11 +192,16 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
             timer.lap("optim")
             # 4. log: shards first, the metrics row last (a row implies its shards exist)
             run.write_shard("rollouts", f"{step:06d}", rollouts)
+            kept_ids = _states_sample(rollouts, cfg, step)
             if parts and step % cfg.states_every == 0:
+                # scalars (below) use every state; --states-sample F stores a seeded fraction
                 run.write_shard("states", f"{step:06d}", pa.concat_tables(
-                    [states_table(sc, list(mb.rollout_id), list(mb.step), list(mb.n_tokens))
+                    [_sampled(states_table(sc, list(mb.rollout_id), list(mb.step),
+                                           list(mb.n_tokens)), kept_ids)
                      for sc, mb in parts]))
-            sums = distributed.all_reduce_sum(ctx, _batch_sums(rollouts, parts, loss_sum))
+            sums = distributed.all_reduce_sum(ctx, _batch_sums(rollouts, parts, loss_sum)
+                                              + [len(kept_ids)])
+            n_sampled = int(sums.pop())
             if not ctx.is_main:
                 continue  # rank 0 writes the metrics row and the checkpoint
             row = {"step": step, "lr": scheduler.get_last_lr()[0]}
@@ -189,24 +210,29 @@ def train(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: TrainConfig, 
             row["grad_norm"] = grad_norm
             row.update(_scalars(sums))
             row["states_kept"] = bool(denominator) and step % cfg.states_every == 0
+            if cfg.states_sample < 1:
+                row["states_sampled_rollouts"] = n_sampled
             timer.lap("log")
             if evaluator and evaluator.due(step):
                 row.update(evaluator.evaluate(step))
                 timer.lap("eval")
             row.update(timer.as_dict())
             run.append_metrics(row)
+            trackers.log(row)
             if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or step == cfg.steps - 1:
                 ckpt.save_checkpoint(run.path, step, student, pair.tokenizer, optimizer, scheduler,
                                      {"next_step": step + 1, "prompts_seen": (step + 1) * cfg.batch_prompts},
                                      keep=cfg.keep_checkpoints)
             bar.set_postfix(loss=row.get("loss"), rkl=row.get("rkl"))
+        trackers.close()
         run.update_meta(steps_done=cfg.steps)
     return Path(out)
 
 
 def _capture_and_backward(pair: Pair, prompts: pd.DataFrame, kept: pd.DataFrame, cfg: TrainConfig,
                           ctx: distributed.DistContext, student_states: torch.nn.Module,
-                          optimizer, timer: _Timer) -> tuple[list, float, int]:
+                          optimizer, timer: _Timer, amp=contextlib.nullcontext
+                          ) -> tuple[list, float, int]:
     """Forward and backward over this rank's non-empty rollouts in micro-batches of
     ``capture_batch_size``; returns ``([(scored, rollouts)], loss share, denominator)``.
 
@@ -229,19 +255,62 @@ def _capture_and_backward(pair: Pair, prompts: pd.DataFrame, kept: pd.DataFrame,
         with contextlib.nullcontext() if last else student_states.no_sync():
             if i < len(micro):
                 mb = micro[i]
-                loss, scored = opd_forward(
-                    student_states, student, pair.teacher.model, [by_id[p] for p in mb.prompt_id],
-                    list(mb.completion_ids), cfg, vocab=pair.compare_vocab, pad_id=pad_id,
-                    denominator=denominator, chunk_tokens=cfg.chunk_tokens)
+                with amp():  # bf16 autocast over the fp32 masters (the heads stay fp32)
+                    loss, scored = opd_forward(
+                        student_states, student, pair.teacher.model,
+                        [by_id[p] for p in mb.prompt_id], list(mb.completion_ids), cfg,
+                        vocab=pair.compare_vocab, pad_id=pad_id, denominator=denominator,
+                        chunk_tokens=cfg.chunk_tokens)
                 parts.append((scored, mb))
                 loss_sum += float(loss.detach())
             else:
-                loss = idle_forward(student_states, student, pad_id)
+                with amp():
+                    loss = idle_forward(student_states, student, pad_id)
             timer.lap("capture", add=True)
             # DDP averages gradients over ranks; each rank's loss is already its share of the sum
             (loss * ctx.world_size).backward()
             timer.lap("loss", add=True)
     return parts, loss_sum, denominator
+
+
+def _mixed_precision(student: torch.nn.Module, cfg: TrainConfig):
+    """fp32 master weights (and so fp32 AdamW state) with autocast in the compute dtype.
+
+    The compute dtype is the student's loaded dtype when that is bf16/fp16, else ``cfg.dtype``.
+    A low-precision student is cast to float32 in place: pure-bf16 AdamW updates at lr 1e-6
+    fall below bf16 resolution and the student barely moves. Returns ``(amp, precision)``:
+    a context factory for forwards and sampling, and what ``run.json`` records.
+    """
+    loaded = next(student.parameters()).dtype
+    compute = loaded if loaded in (torch.bfloat16, torch.float16) else resolve_dtype(cfg.dtype)
+    if compute == torch.float16:
+        raise OpdDiagError("float16 training needs loss scaling, which the loop does not do; use "
+                           "--dtype bfloat16 (fp32 masters + bf16 autocast) or float32")
+    if compute != torch.bfloat16:
+        return contextlib.nullcontext, {"master_weights": str(loaded).removeprefix("torch."),
+                                        "autocast": None}
+    student.float()
+    dev = next(student.parameters()).device.type
+    return (lambda: torch.autocast(dev, dtype=torch.bfloat16),
+            {"master_weights": "float32", "optimizer_state": "float32", "autocast": "bfloat16",
+             "lm_heads": "float32", "note": "checkpoints store the fp32 master weights"})
+
+
+def _states_sample(rollouts: pd.DataFrame, cfg: TrainConfig, step: int) -> set[str]:
+    """The rollouts of ``step`` whose state rows are stored: all, or a fraction
+    ``states_sample`` chosen by a per-rollout seeded draw (independent of ranks and batching)."""
+    ids = list(rollouts.rollout_id)
+    if cfg.states_sample >= 1:
+        return set(ids)
+    u = [np.random.default_rng([cfg.seed, step, int(p), int(s)]).random()
+         for p, s in zip(rollouts.prompt_id, rollouts.sample_idx, strict=True)]
+    return {r for r, x in zip(ids, u, strict=True) if x < cfg.states_sample}
+
+
+def _sampled(table: pa.Table, kept_ids: set[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table["rollout_id"], pa.array(sorted(kept_ids), pa.string())))
 
 
 def _wrap(module: torch.nn.Module, ctx: distributed.DistContext) -> torch.nn.Module:
@@ -339,22 +408,27 @@ class _Evaluator:
     """Student eval every ``eval_every`` steps; teacher and initial student measured once."""
 
     def __init__(self, run: RunWriter, pair: Pair, prompts: pd.DataFrame, cfg: TrainConfig,
-                 verifier) -> None:
+                 verifier, amp=contextlib.nullcontext) -> None:
         self.run, self.pair, self.prompts, self.cfg, self.verifier = run, pair, prompts, cfg, verifier
+        self.amp = amp
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.eval_every) and ((step + 1) % self.cfg.eval_every == 0
                                               or step == self.cfg.steps - 1)
 
     def _eval(self, model, key: str) -> dict:
+        with self.amp():
+            per_sample, summary = self._evaluate_model(model)
+        self.run.write_shard("eval", key, per_sample.assign(model=key))
+        return summary
+
+    def _evaluate_model(self, model):
         c = self.cfg
-        per_sample, summary = evaluate_model(
+        return evaluate_model(
             model, self.pair.tokenizer, self.prompts, self.verifier, greedy=c.eval_greedy,
             n_samples=c.eval_n_samples, temperature=c.eval_temperature, top_p=c.eval_top_p,
             max_new_tokens=c.eval_max_new_tokens or c.max_new_tokens,
             batch_size=c.eval_batch_size, seed=c.seed, vocab_limit=self.pair.compare_vocab)
-        self.run.write_shard("eval", key, per_sample.assign(model=key))
-        return summary
 
     def baselines(self) -> None:
         """Teacher and step-0 student accuracy, measured once and stored in run.json."""

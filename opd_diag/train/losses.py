@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..core import divergences as D
 from ..states.capture import (
+    check_head,
     chunk_stats,
     empty_scored,
     final_hidden,
@@ -45,7 +46,16 @@ class StudentStates(torch.nn.Module):
         self.model = model
 
     def forward(self, ids_B_L, mask_B_L, row_N, pred_N) -> torch.Tensor:
-        return final_hidden(self.model, ids_B_L, mask_B_L)[row_N, pred_N]
+        # HF gradient checkpointing acts only on layers in training mode: switch the decoder
+        # layers alone (not their dropout submodules) while the student otherwise stays in eval
+        layers = [m for m in self.model.modules() if getattr(m, "gradient_checkpointing", False)]
+        for m in layers:
+            m.training = True
+        try:
+            return final_hidden(self.model, ids_B_L, mask_B_L)[row_N, pred_N]
+        finally:
+            for m in layers:
+                m.training = False
 
 
 def loss_denominator(cfg: TrainConfig, n_tokens: int, n_rollouts: int) -> int:
@@ -91,6 +101,8 @@ def opd_forward(student_states: torch.nn.Module, student, teacher,
     Returns:
         ``(loss, scored)``: ``scored`` has :func:`opd_diag.states.capture.score_states`'s columns.
     """
+    for role, model in (("student", student), ("teacher", teacher)):
+        check_head(model, prompt_ids[0], completion_ids[0], role)  # once per model
     ids, mask, row_N, pred_N, t_N, token_N = prediction_index(prompt_ids, completion_ids, pad_id)
     s_dev, t_dev = (next(m.parameters()).device for m in (student, teacher))
     idx = [torch.from_numpy(x) for x in (row_N, pred_N)]
@@ -104,11 +116,11 @@ def opd_forward(student_states: torch.nn.Module, student, teacher,
 
     def chunk_loss(lo: int, h_s_n: torch.Tensor, h_t_n: torch.Tensor) -> torch.Tensor:
         hi = lo + len(h_s_n)
-        zs = lm_head_logits(student, h_s_n)[:, :vocab].float() / temp
+        zs = lm_head_logits(student, h_s_n)[:, :vocab] / temp  # float32, outside autocast
         st, zt = captured.get(lo), None
         if st is None or cfg.needs_teacher_logits:  # a recomputation needs no new statistics
             with torch.no_grad():
-                zt = lm_head_logits(teacher, h_t_n)[:, :vocab].float().div_(temp).to(s_dev)
+                zt = lm_head_logits(teacher, h_t_n)[:, :vocab].div_(temp).to(s_dev)
         if st is None:
             st = captured[lo] = chunk_stats(zs.detach(), zt, tok_N[lo:hi], cfg.capture_top_k,
                                             row_N[lo:hi])

@@ -27,10 +27,13 @@ import torch
 
 from ..core.errors import OpdDiagError
 from ..core.models import Pair
+from ..core.quiet import hf_progress_bars_off
+from ..core.runs import check_out_dir
 from ..probes.overlap import state_metrics
+from ..states.backend import accepts_backend, current_backend
 from ..states.capture import CaptureConfig
 from ..states.collect import capture_rollouts, generate_rollouts, render_prompts
-from ..states.rollout import SamplingConfig, eos_token_ids, row_seed, sample_batch
+from ..states.rollout import SamplingConfig, eos_token_ids, row_seed
 from ..tasks.verify import make_verifier
 
 
@@ -87,10 +90,11 @@ def teacher_rollouts(pair: Pair, prompts: pd.DataFrame, cfg: ColdStartConfig) ->
     outs = []
     for lo in range(0, len(rows), cfg.gen_batch_size):
         batch = rows[lo: lo + cfg.gen_batch_size]
-        outs += sample_batch(teacher, [prompts.input_ids.iat[r] for r, _ in batch],
-                             [row_seed(cfg.seed, int(prompts.prompt_id.iat[r]), s) for r, s in batch],
-                             sampling, eos_ids=eos_token_ids(teacher, tok), pad_id=tok.pad_token_id,
-                             vocab_limit=pair.compare_vocab)
+        outs += current_backend().sample(  # --backend hf|vllm
+            teacher, [prompts.input_ids.iat[r] for r, _ in batch],
+            [row_seed(cfg.seed, int(prompts.prompt_id.iat[r]), s) for r, s in batch],
+            sampling, eos_ids=eos_token_ids(teacher, tok), pad_id=tok.pad_token_id,
+            vocab_limit=pair.compare_vocab)
     records = []
     for (r, s), (ids, stop) in zip(rows, outs, strict=True):
         text, answer = tok.decode(ids, skip_special_tokens=True), prompts.answer.iat[r]
@@ -137,17 +141,21 @@ def sft(model, examples: pd.DataFrame, cfg: ColdStartConfig, pad_id: int) -> lis
     return losses
 
 
+@accepts_backend  # backend= "hf" | "vllm" | an object: samples the teacher rollouts
 def coldstart(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: ColdStartConfig,
               *, overwrite: bool = False) -> dict:
     """Filter teacher rollouts, SFT the student on them, write a new student directory.
+
+    ``backend`` (``"hf"`` / ``"vllm"`` / an object) samples the teacher rollouts.
 
     The directory holds the model (safetensors), the tokenizer, ``coldstart.json`` (the card:
     counts, filters, settings, losses), ``coldstart_data.jsonl`` (the kept examples) and
     ``README.md``. It is written to a temp dir and renamed, so a failure leaves nothing.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OpdDiagError(f"{out} already exists; pass --overwrite or choose another --out")
+    # the output-dir rule (core/runs.py): missing, empty, or a coldstart model (replaced only
+    # with --overwrite); any other directory is never touched
+    check_out_dir(out, overwrite=overwrite, marker="coldstart.json", what="coldstart model")
     rollouts = teacher_rollouts(pair, prompts, cfg)
     kept = rollouts[rollouts.drop_reason.isna()]
     dropped = {k: int(v) for k, v in rollouts.drop_reason.value_counts().items()}
@@ -163,15 +171,21 @@ def coldstart(pair: Pair, prompts: pd.DataFrame, out: str | Path, cfg: ColdStart
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        pair.student.model.save_pretrained(str(tmp), safe_serialization=True)
+        with hf_progress_bars_off():
+            pair.student.model.save_pretrained(str(tmp), safe_serialization=True)
         pair.tokenizer.save_pretrained(str(tmp))
         (tmp / "coldstart.json").write_text(json.dumps(report, indent=2))
         kept[["prompt_id", "sample_idx", "completion"]].to_json(
             tmp / "coldstart_data.jsonl", orient="records", lines=True)
         (tmp / "README.md").write_text(_card(report))
-        if out.exists():
+        if out.exists():  # checked again: the directory may have changed during the SFT
+            check_out_dir(out, overwrite=overwrite, marker="coldstart.json",
+                          what="coldstart model")
             shutil.rmtree(out)
         os.replace(tmp, out)
+    except OpdDiagError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OpdDiagError(f"cannot write {out}: {exc} (disk full?)") from exc

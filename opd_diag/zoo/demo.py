@@ -1,7 +1,8 @@
 """``make demo`` / ``opd-diag demo``: the whole suite on the built-in model zoo in a few minutes.
 
 1. pre-flight of a pair built to succeed and of pairs built to fail, with their verdicts;
-2. a short OPD run on the success pair (the same loop a user runs), with evaluation;
+2. short OPD runs on the success and the incompatible pair (the same loop a user runs), with
+   evaluation;
 3. the HTML reports (pre-flight, training dynamics, comparison of the pre-flights).
 """
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 DEMO_PAIRS = ("success", "incompatible", "out-of-reach")
+DEMO_OPD = ("success", "incompatible")  # runs/demo/opd-*: what notebooks 02-04 read by default
 
 
 def run_demo(out: str | Path, steps: int = 30, progress: bool = True) -> dict:
@@ -37,21 +39,24 @@ def run_demo(out: str | Path, steps: int = 30, progress: bool = True) -> dict:
         cfg = PreflightConfig.budget("small", max_new_tokens=zp.hyper.max_new_tokens)
         v = run_preflight(pair, validate_prompts(zp.prompts(16)), out / f"preflight-{name}",
                           config=cfg, verifier=make_verifier(f"task:{zp.task}").check,
-                          references=refs)
+                          references=refs, overwrite=True)
         verdicts[name] = v.verdict
         print(f"\n[demo] pre-flight {name!r} ({zp.student} <- {zp.teacher}), "
               f"{time.perf_counter() - t0:.0f} s\n{v.render()}")
         reports[f"preflight-{name}"] = write_report([v.run], out / f"preflight-{name}.html")
-    zp = get_pair("success")
-    pair = load_pair(model_dir(zp.student), model_dir(zp.teacher))
-    evals = validate_prompts(zp.eval_sets(50).query("subset == '5d'").reset_index(drop=True))
-    cfg = resolve_config(preset="cpu-zoo", overrides={
-        "steps": steps, "eval_every": max(1, steps // 2), "ckpt_every": steps,
-        "states_every": 5, "lr": zp.hyper.lr, "checker": f"task:{zp.task}"})
-    print(f"\n[demo] {steps} OPD steps on 'success' (reverse KL, lr {cfg.lr})")
-    run = train(pair, validate_prompts(zp.prompts(256)), out / "opd-success", cfg,
-                eval_prompts=evals, overwrite=True, progress=progress)
-    reports["opd-success"] = write_report([run], out / "opd-success.html")
+    for name in DEMO_OPD:  # the same loop a user runs, on a pair that works and one that fails
+        zp = get_pair(name)
+        pair = load_pair(model_dir(zp.student), model_dir(zp.teacher))
+        evals = validate_prompts(zp.eval_sets(50).query("subset == '5d'").reset_index(drop=True))
+        cfg = resolve_config(preset="cpu-zoo", overrides={
+            "steps": steps, "eval_every": max(1, steps // 2), "ckpt_every": steps,
+            "states_every": 5, "lr": zp.hyper.lr, "checker": f"task:{zp.task}"})
+        print(f"\n[demo] {steps} OPD steps on {name!r} (reverse KL, lr {cfg.lr})")
+        run = train(pair, validate_prompts(zp.prompts(256)), out / f"opd-{name}", cfg,
+                    eval_prompts=evals, overwrite=True, progress=progress)
+        reports[f"opd-{name}"] = write_report([run], out / f"opd-{name}.html")
+    reports["opd-comparison"] = write_report([out / f"opd-{n}" for n in DEMO_OPD],
+                                             out / "opd-comparison.html", labels=list(DEMO_OPD))
     reports["comparison"] = write_report([out / f"preflight-{n}" for n in DEMO_PAIRS],
                                          out / "preflight-comparison.html",
                                          labels=list(DEMO_PAIRS))

@@ -168,7 +168,6 @@ def train_model(
         max_seconds: stop early (recorded in ``stats``) when the wall-clock budget is spent.
         progress: show a tqdm bar with the running loss.
     """
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     torch.set_num_threads(1)
@@ -178,19 +177,32 @@ def train_model(
         model = AutoModelForCausalLM.from_pretrained(str(init_dir), dtype=torch.float32)
     else:
         model = LlamaForCausalLM(make_config(spec))
+    stats = fit(model, spec, batches(spec, rng),
+                lambda logits, labels: weighted_loss(logits, labels, spec.number_weight),
+                steps=steps, max_seconds=max_seconds, progress=progress)
+    return model, stats
+
+
+def fit(model: torch.nn.Module, spec: ModelSpec, data: Iterator, loss_of, *,
+        steps: int | None = None, max_seconds: float | None = None, progress: bool = True,
+        log_every: int = 0, mininterval: float = 2.0) -> dict:
+    """The zoo's supervised loop (shared by zoo v1 and v2): AdamW (β 0.9/0.98, wd 0.01), the
+    :func:`lr_at` schedule, grad clip 1.0, ``loss_of(logits, labels)`` on batches from ``data``.
+    Trains ``model`` in place and returns the stats recorded in each model card."""
+    from tqdm.auto import tqdm
+
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
     n_steps = steps if steps is not None else spec.steps
     sched = spec if steps is None else _shrunk(spec, n_steps)
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=n_steps, desc=spec.name, disable=not progress, mininterval=2.0)
-    data = batches(spec, rng)
+    bar = tqdm(total=n_steps, desc=spec.name, disable=not progress, mininterval=mininterval)
     for step in range(n_steps):
         ids_B_T, labels_B_T = next(data)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, sched)
-        loss = weighted_loss(model(input_ids=ids_B_T).logits, labels_B_T, spec.number_weight)
+        loss = loss_of(model(input_ids=ids_B_T).logits, labels_B_T)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -199,12 +211,16 @@ def train_model(
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
+        if log_every and step % log_every == 0:
+            recent = losses[-log_every:]
+            print(f"[{spec.name}] step {step} loss {sum(recent) / len(recent):.4f} "
+                  f"t={time.perf_counter() - t0:.0f}s", flush=True)
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             break
     bar.close()
     model.eval()
     tail = losses[-50:]
-    stats = {
+    return {
         "steps_done": len(losses),
         "steps_planned": n_steps,
         "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -215,7 +231,6 @@ def train_model(
         ],
         "threads": torch.get_num_threads(),
     }
-    return model, stats
 
 
 def _shrunk(spec: ModelSpec, steps: int) -> ModelSpec:

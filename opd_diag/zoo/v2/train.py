@@ -8,14 +8,13 @@ learned BPE of :mod:`.tokenizer`), the task (``sort``) and the context (512 posi
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ...tasks import get_task
-from ..train import ModelSpec, _shrunk, lr_at
+from ..train import ModelSpec, fit
 from .tokenizer import (
     BOS,
     EOS,
@@ -87,8 +86,8 @@ def weighted_loss(logits_B_T_V, labels_B_T, number_weight: float, numbers: torch
 
 def train_model(spec: ModelSpec, *, init_dir: Path | None = None, steps: int | None = None,
                 max_seconds: float | None = None, progress: bool = True, log_every: int = 0):
-    """Train ``spec``; returns ``(model, stats)`` like :func:`opd_diag.zoo.train.train_model`."""
-    from tqdm.auto import tqdm
+    """Train ``spec``; returns ``(model, stats)`` like :func:`opd_diag.zoo.train.train_model`
+    (the same loop, :func:`opd_diag.zoo.train.fit`, with this tokenizer's batches and loss)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     torch.set_num_threads(1)
@@ -98,41 +97,9 @@ def train_model(spec: ModelSpec, *, init_dir: Path | None = None, steps: int | N
         model = AutoModelForCausalLM.from_pretrained(str(init_dir), dtype=torch.float32)
     else:
         model = LlamaForCausalLM(make_config(spec))
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    n_steps = steps if steps is not None else spec.steps
-    sched = spec if steps is None else _shrunk(spec, n_steps)
     numbers = number_mask()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_steps, desc=spec.name, disable=not progress, mininterval=5.0)
-    data = batches(spec, rng)
-    for step in range(n_steps):
-        ids_B_T, labels_B_T = next(data)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, sched)
-        loss = weighted_loss(model(input_ids=ids_B_T).logits, labels_B_T, spec.number_weight,
-                             numbers)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        bar.update(1)
-        if log_every and step % log_every == 0:
-            print(f"[{spec.name}] step {step} loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.4f} "
-                  f"t={time.perf_counter() - t0:.0f}s", flush=True)
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
-    bar.close()
-    model.eval()
-    tail = losses[-50:]
-    stats = {
-        "steps_done": len(losses), "steps_planned": n_steps,
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "final_loss": round(sum(tail) / len(tail), 5),
-        "loss_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4)
-                       for i in range(0, len(losses), 50)],
-        "threads": torch.get_num_threads(),
-    }
+    stats = fit(model, spec, batches(spec, rng),
+                lambda logits, labels: weighted_loss(logits, labels, spec.number_weight, numbers),
+                steps=steps, max_seconds=max_seconds, progress=progress, log_every=log_every,
+                mininterval=5.0)
     return model, stats

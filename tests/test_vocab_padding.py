@@ -2,9 +2,8 @@
 vocabulary size. Full-vocabulary student/teacher distributions over the zoo's 355 tokens are
 padded to Qwen2.5's 151,936 rows with never-used tokens of negligible mass (both heads); the
 statistics computed from the states columns the capture engine records must not change.
-(An end-to-end padded *model* copy was tried and dropped: a bias-free tied Llama head cannot give
-151k new rows negligible mass at every state — the final hidden states are not linearly separable
-— see reports/preflight-validation.md.)"""
+(The end-to-end version, padded *model* copies through the whole pre-flight, is
+tests/test_vocab_padding_models.py.)"""
 
 import numpy as np
 import pandas as pd

@@ -51,6 +51,8 @@ class Pair2(Pair):
     opd_mix: tuple[tuple[int, float], ...] = ALL_LENGTHS
     hyper: OPDHyper = field(default_factory=lambda: OPDHyper(max_new_tokens=MAX_NEW_TOKENS))
     subsets: tuple[str, ...] = ("easy", "mid", "hard")
+    #: the subset whose gap recovery is the pair's OPD outcome (None: ``hard`` when evaluated)
+    main_subset: str | None = None
     family: str = "v2"
 
     def eval_sets(self, n_per_subset: int = 200, template: str | None = None) -> pd.DataFrame:
@@ -88,7 +90,10 @@ PAIRS2: tuple[Pair2, ...] = (
           demonstrates="Distilling a post-trained student back toward its base.",
           expected="v2-student-rl gained the long-list skill on top of v2-student-0; OPD toward "
           "its base (or the same-pipeline v2-student-0-long) should erase it.",
-          alt_teachers=("v2-student-0-long",), references=("v2-student-0",)),
+          alt_teachers=("v2-student-0-long",), references=("v2-student-0",),
+          # post-training moved mid (0.04 -> 0.32), not hard (0.00 -> 0.01): the outcome is
+          # measured where the gain is (set when the models were built, before any OPD run)
+          main_subset="mid"),
     Pair2(name="v2-template", student="v2-student-partial", teacher="v2-teacher-a",
           demonstrates="Prompts in a template the teacher was never trained on.",
           expected="v2-teacher-a saw only `plain`; OPD with `question` prompts (misaligned) "

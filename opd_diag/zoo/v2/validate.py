@@ -39,6 +39,8 @@ N_BOOT = 2000
 
 
 def _main_subset(pair) -> str:
+    if pair.main_subset:
+        return pair.main_subset
     return SUBSET_MAIN if SUBSET_MAIN in pair.subsets else pair.subsets[-1]
 
 

@@ -3,12 +3,14 @@ with never-used tokens of negligible mass leaves the pre-flight verdict unchange
 
 A bias-free tied Llama head cannot give 151k new rows negligible mass at every state by itself
 (the final hidden states of the zoo models have no direction that is positive at every state:
-min cosine with their mean is -0.23). So the padded copy gets one extra hidden coordinate that
-carries a constant ``C`` from the embedding to the final norm and is read by nothing else
-(zero columns into attention and MLP, zero rows out of them; the RMSNorms are rescaled so the
-other 128 coordinates normalise exactly as before). The new head rows read only that
-coordinate, with a large negative weight, so every new token's logit is about -1e4 at every
-state: its probability is 0 in fp32, yet the tokens are real entries of the tokenizer and of
+min cosine with their mean is -0.23). So the padded copy gets extra hidden coordinates (as many
+as there are heads, so the hidden size stays a multiple of the head count); the first carries a
+constant ``C`` from the embedding to the final norm and is read by nothing else (zero columns
+into attention and MLP, zero rows out of them; the RMSNorm weights and eps are rescaled so the
+other coordinates normalise exactly as before). The new head rows read only that coordinate,
+with a large negative weight, so every new token's logit is hundreds below zero at every state
+(-660 to -2,900 on the test prompts): its probability is 0 in fp32, yet the tokens are real
+entries of the tokenizer and of
 both heads (``compare_vocab`` = 151,936), so every probe runs over the full width.
 """
 

@@ -2,16 +2,20 @@
 
 Same student/teacher (tiny random Llamas from ``opd_diag.testing``), same prompts, same number
 of completions per step, same completion budget, same number of steps, lr, fp32, one thread.
-TRL runs full-vocabulary reverse KL (``beta=1``) on CPU with ``use_cpu=True, bf16=False,
-gradient_checkpointing=False``; runs alternate (ours, TRL, ours, TRL, …) so load drift on a
-shared machine hits both. Step time = wall time of one optimizer step including generation
-(TRL: ``on_step_begin`` → ``on_step_end``; ours: ``time_step``, which also includes writing the
-step's rollouts/states shards and the metrics row). The first step of each run is a warm-up and
-is dropped. Besides the ratios it prints where each loop spends a step: ours by phase (sample,
-forward = both models' forwards + captured statistics + objective, backward, optimizer, log),
-TRL split into generation (``DistillationTrainer._generate``) and the rest.
+Like for like: each of our objectives is timed next to the TRL run of the *same* divergence
+(``beta=1`` reverse KL, ``beta=0`` forward KL, ``beta=0.5`` JSD, all over the full vocabulary);
+sampled-token and top-k OPD have no TRL equivalent and are shown against ``beta=1``, labelled so.
+One variant forces our generic decode (``OPD_DIAG_GENERIC_DECODE=1``) to show what the lean
+static-cache decode (``opd_diag/states/lean.py``) saves. Both loops' mean completion lengths are
+recorded (equal lengths are what makes the step times comparable). TRL runs on CPU with
+``use_cpu=True, bf16=False, gradient_checkpointing=False``; runs alternate (ours, TRL, ours, …)
+so load drift on a shared machine hits both. Step time = wall time of one optimizer step
+including generation (TRL: ``on_step_begin`` → ``on_step_end``; ours: ``time_step``, which also
+includes writing the step's rollouts/states shards and the metrics row). The first step of each
+run is a warm-up and is dropped. Writes ``benchmarks/results/loop_vs_trl.{json,md}``.
 
     .venv/bin/python benchmarks/loop_vs_trl.py [--rounds 3] [--steps 6] [--clock wall|cpu]
+        [--only VARIANT ...] [--out benchmarks/results]
 
 ``--clock cpu`` times every phase (ours and TRL's) in process CPU time instead of wall time: on
 a shared, oversubscribed machine wall time mostly measures the other tenants. CPU time leaves
@@ -21,8 +25,10 @@ out waiting for the disk (our per-step ``fsync`` of shards and metrics), so repo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -34,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
@@ -87,7 +94,8 @@ class _StepTimes:
         return CB()
 
 
-def trl_run(student, teacher, prompts, out, args) -> tuple[list[float], list[float]]:
+def trl_run(student, teacher, prompts, out, args, beta: float = 1.0
+            ) -> tuple[list[float], list[float], float]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
@@ -100,7 +108,7 @@ def trl_run(student, teacher, prompts, out, args) -> tuple[list[float], list[flo
     s = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32)
     t = AutoModelForCausalLM.from_pretrained(str(teacher), dtype=torch.float32)
     cfg = DistillationConfig(
-        output_dir=str(out), beta=1.0, temperature=1.0, top_k=0, top_p=1.0,
+        output_dir=str(out), beta=beta, temperature=1.0, top_k=0, top_p=1.0,
         max_completion_length=args.new_tokens, per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=1e-4,
         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
@@ -118,7 +126,35 @@ def trl_run(student, teacher, prompts, out, args) -> tuple[list[float], list[flo
 
     trainer._generate = timed_generate
     trainer.train()
-    return timer.times[1:], gen_times[1:]
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history
+               if "completions/mean_length" in h]
+    return timer.times[1:], gen_times[1:], float(np.mean(lengths)) if lengths else float("nan")
+
+
+#: (our objective, TRL's beta for the same divergence or None where TRL has no such objective)
+VARIANTS = {
+    "full-vocab reverse KL": ({"objective": "reverse_kl"}, 1.0),
+    "full-vocab reverse KL, generic decode": ({"objective": "reverse_kl", "_generic": True}, 1.0),
+    "full-vocab forward KL": ({"objective": "forward_kl"}, 0.0),
+    "generalized JSD beta=0.5": ({"objective": "jsd", "beta": 0.5}, 0.5),
+    "sampled-token": ({"objective": "sampled_token"}, None),
+    "top-16 (only_stu, student_p)": ({"objective": "topk", "top_k": 16}, None),
+    "reverse KL, states every 10th": ({"objective": "reverse_kl", "states_every": 10}, 1.0),
+}
+
+
+def _ours(student, teacher, prompts, out, args, objective: dict):
+    objective = dict(objective)
+    generic = objective.pop("_generic", False)
+    old = os.environ.get("OPD_DIAG_GENERIC_DECODE")
+    os.environ["OPD_DIAG_GENERIC_DECODE"] = "1" if generic else "0"
+    try:
+        return ours(student, teacher, prompts, out, args, **objective)
+    finally:
+        if old is None:
+            os.environ.pop("OPD_DIAG_GENERIC_DECODE")
+        else:
+            os.environ["OPD_DIAG_GENERIC_DECODE"] = old
 
 
 def main() -> None:
@@ -130,43 +166,77 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="time phases in wall-clock time or in this process's CPU time")
+    ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    ap.add_argument("--out", default="benchmarks/results",
+                    help="where loop_vs_trl.{json,md} go")
     args = ap.parse_args()
     if args.clock == "cpu":  # every timer here, in our loop and in the TRL callback reads this
         time.perf_counter = time.process_time
-    variants = {"full-vocab reverse KL": {"objective": "reverse_kl"},
-                "sampled-token": {"objective": "sampled_token"},
-                "top-16 (only_stu, student_p)": {"objective": "topk", "top_k": 16},
-                "reverse KL, states every 10th": {"objective": "reverse_kl", "states_every": 10}}
+    variants = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
-    trl_times, trl_gen = [], []
     lengths: dict[str, list[float]] = {name: [] for name in variants}
+    trl: dict[float, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         student, teacher, prompts = build(root, args.vocab)
         for r in range(args.rounds):
-            for name, objective in variants.items():  # alternate: ours, TRL, ours, TRL, …
-                t, length = ours(student, teacher, prompts, root / "ours", args, **objective)
+            done: set[float] = set()
+            for name, (objective, beta) in variants.items():  # alternate: ours, TRL, ours, …
+                t, length = _ours(student, teacher, prompts, root / "ours", args, objective)
                 for phase, values in t.items():
                     times[name].setdefault(phase, []).extend(values)
                 lengths[name].append(length)
-                step, gen = trl_run(student, teacher, prompts, root / "trl", args)
-                trl_times += step
-                trl_gen += gen
+                b = 1.0 if beta is None else beta
+                if b not in done:  # each TRL divergence once per round, next to its objective
+                    step, gen, trl_len = trl_run(student, teacher, prompts, root / "trl", args, b)
+                    rec = trl.setdefault(b, {"step": [], "generation": [], "length": []})
+                    rec["step"] += step
+                    rec["generation"] += gen
+                    rec["length"].append(trl_len)
+                    done.add(b)
                 print(f"round {r}: {name}: median {statistics.median(t['step']):.3f}s  |  TRL "
-                      f"median {statistics.median(step):.3f}s", flush=True)
-    trl, gen = statistics.median(trl_times), statistics.median(trl_gen)
-    print(f"\nsetup: student 64x2, teacher 128x4, vocab {args.vocab}, {args.batch} completions "
-          f"x {args.new_tokens} new tokens, {args.steps} steps (first dropped), "
-          f"{args.rounds} rounds, 1 thread, {args.clock} clock")
-    # The best step of each is the least disturbed by other tenants of a shared machine.
-    print(f"TRL DistillationTrainer (beta=1): median step {trl:.3f}s over {len(trl_times)} steps "
-          f"(generation {gen:.3f}s, the rest {trl - gen:.3f}s); best step {min(trl_times):.3f}s")
-    for name in variants:
+                      f"beta={b} median {statistics.median(trl[b]['step']):.3f}s", flush=True)
+    setup = {"student": "Llama 64x2", "teacher": "Llama 128x4", "vocab": args.vocab,
+             "completions_per_step": args.batch, "max_new_tokens": args.new_tokens,
+             "steps": args.steps, "dropped": "first step of each run", "rounds": args.rounds,
+             "threads": 1, "clock": args.clock, "torch": torch.__version__}
+    trl_rows = {b: {"median_step_s": statistics.median(v["step"]),
+                    "median_generation_s": statistics.median(v["generation"]),
+                    "best_step_s": min(v["step"]), "mean_completion_length": float(
+                        np.nanmean(v["length"])), "n_steps": len(v["step"])}
+                for b, v in trl.items()}
+    rows = []
+    for name, (_, beta) in variants.items():
+        b = 1.0 if beta is None else beta
         med, best = statistics.median(times[name]["step"]), min(times[name]["step"])
-        phases = "  ".join(f"{p} {statistics.median(times[name][p]):.3f}" for p in PHASES)
-        print(f"ours {name:<30} median step {med:.3f}s  ratio ours/TRL = {med / trl:.2f}  "
-              f"(best-step ratio {best / min(trl_times):.2f}; mean response length "
-              f"{statistics.mean(lengths[name]):.1f}; median phases: {phases})")
+        rows.append({"ours": name, "trl_line": f"beta={b}" + ("" if beta is not None else
+                                                              " (no TRL equivalent)"),
+                     "median_step_s": med, "ratio_ours_over_trl": med / trl_rows[b]["median_step_s"],
+                     "best_step_ratio": best / trl_rows[b]["best_step_s"],
+                     "mean_completion_length": statistics.mean(lengths[name]),
+                     "trl_mean_completion_length": trl_rows[b]["mean_completion_length"],
+                     **{f"median_{p}_s": statistics.median(times[name][p]) for p in PHASES}})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"setup": setup, "trl": {str(b): v for b, v in trl_rows.items()}, "ours": rows}
+    (out / "loop_vs_trl.json").write_text(json.dumps(result, indent=1))
+    md = ["# Our OPD loop vs TRL DistillationTrainer (ratios measured side by side)", "",
+          "`python benchmarks/loop_vs_trl.py " + " ".join(sys.argv[1:]) + "`; setup: "
+          + ", ".join(f"{k} {v}" for k, v in setup.items()) + ".", "",
+          "| ours | TRL line | ratio ours/TRL (median step) | best-step ratio | completion "
+          "length ours / TRL | ours: sample / forward / backward / optim / log (s) |",
+          "|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['ours']} | {r['trl_line']} | {r['ratio_ours_over_trl']:.2f} | "
+                  f"{r['best_step_ratio']:.2f} | {r['mean_completion_length']:.1f} / "
+                  f"{r['trl_mean_completion_length']:.1f} | " + " / ".join(
+                      f"{r[f'median_{p}_s']:.3f}" for p in PHASES) + " |")
+    md += ["", "TRL lines: " + "; ".join(
+        f"beta={b}: median step {v['median_step_s']:.3f}s (generation "
+        f"{v['median_generation_s']:.3f}s), {v['n_steps']} steps" for b, v in trl_rows.items()),
+        "", "Absolute times depend on the machine and its other tenants; read the ratios."]
+    (out / "loop_vs_trl.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

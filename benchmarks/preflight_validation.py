@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from opd_diag.zoo.outcomes import agrees, classify
+
 # pair -> the OPD run whose outcome the verdict predicts (reverse-KL with the pair's own setup)
 OUTCOME_RUN = {"success": "opd-success", "out-of-reach": "opd-out-of-reach",
                "incompatible": "opd-incompatible", "no-novelty": "opd-no-novelty",
@@ -46,8 +48,11 @@ NOVELTY = ("novelty_ci_low", "novelty_ci_high", "n_prompts", "n_frontier_prompts
            "acc_teacher_frontier", "acc_student_frontier")
 
 
-MIN_OPD_SEEDS = 3
 N_EVAL_DEFAULT = 100  # 5-digit eval items per OPD run when the CSV does not say (zoo: 100)
+OUTCOME_COLS = ("opd_run", "outcome_subset", "acc_before", "acc_after", "acc_teacher",
+                "gap_recovery", "gap_recovery_ci_low", "gap_recovery_ci_high", "opd_seeds",
+                "outcome", "outcome_provisional", "outcome_note", "agreement",
+                "agreement_provisional")
 
 
 def _acc_draws(acc: float, n: int, rng, n_boot: int) -> np.ndarray:
@@ -57,8 +62,9 @@ def _acc_draws(acc: float, n: int, rng, n_boot: int) -> np.ndarray:
 
 
 def outcome(o: pd.DataFrame | pd.Series, seed: int = 0, n_boot: int = 4000) -> dict:
-    """An OPD outcome from one or more seeds of a run (docs/validation.md): gap recovery with a
-    95% bootstrap CI over eval items (and seeds), and worked / failed / undetermined."""
+    """A zoo-v1 OPD outcome from one or more seeds of a run (docs/validation.md): 5-digit gap
+    recovery with a 95% bootstrap CI over eval items (and seeds), classified by the protocol's
+    rule (:func:`opd_diag.zoo.outcomes.classify`)."""
     o = o.to_frame().T if isinstance(o, pd.Series) else o
     rng = np.random.default_rng(seed)
     n = o["n_eval/5d"].astype(int) if "n_eval/5d" in o else pd.Series(N_EVAL_DEFAULT, o.index)
@@ -77,46 +83,128 @@ def outcome(o: pd.DataFrame | pd.Series, seed: int = 0, n_boot: int = 4000) -> d
         lo, hi = (float(x) for x in np.nanquantile(rec, [0.025, 0.975]))
     point = float(((after - before) / (teacher - before)).mean())
     n_seeds = int(o["seed"].nunique()) if "seed" in o else len(o)
-    if gap <= 0.05:
-        result = "failed"  # the teacher is not ahead: nothing to recover
-    elif lo >= 0.5:
-        result = "worked"
-    elif hi < 0.2:
-        result = "failed"
-    else:
-        result = "undetermined"
-    protocol = n_seeds >= MIN_OPD_SEEDS
-    return {"acc5d_before": float(before.mean()), "acc5d_after": float(after.mean()),
-            "acc5d_teacher": float(teacher.mean()), "gap_recovery_5d": point,
-            "gap_recovery_ci_low": lo, "gap_recovery_ci_high": hi, "opd_seeds": n_seeds,
-            "outcome_provisional": result,
-            "outcome": result if protocol else "undetermined",
-            "outcome_note": "" if protocol else f"{n_seeds} OPD seed(s) < {MIN_OPD_SEEDS}"}
+    return {"outcome_subset": "5d", "acc_before": float(before.mean()),
+            "acc_after": float(after.mean()), "acc_teacher": float(teacher.mean()),
+            "gap_recovery": point, "gap_recovery_ci_low": lo, "gap_recovery_ci_high": hi,
+            "opd_seeds": n_seeds, **classify(lo, hi, gap, n_seeds)}
 
 
-def agrees(verdict: str, result: str) -> str:
-    """``agree`` / ``disagree`` / ``hedge`` (CAUTION on a decided outcome) / ``undetermined``."""
-    if result not in ("worked", "failed"):
-        return "undetermined"
-    if verdict == "CAUTION":
-        return "hedge"
-    return "agree" if (verdict == "GO") == (result == "worked") else "disagree"
+def outcome_items(row: pd.Series) -> dict:
+    """A zoo-v2 outcome row (``reports/zoo-v2-validation.csv``, derived from per-item
+    correctness by ``opd_diag.zoo.v2.validate.summarize_items``) in the same keys."""
+    main = row["main_subset"]
+    lo, hi = float(row["recovery_ci_low"]), float(row["recovery_ci_high"])
+    return {"outcome_subset": main, "acc_before": float(row[f"acc_before/{main}"]),
+            "acc_after": float(row[f"acc_after/{main}"]),
+            "acc_teacher": float(row[f"acc_teacher/{main}"]),
+            "gap_recovery": float(row["recovery"]), "gap_recovery_ci_low": lo,
+            "gap_recovery_ci_high": hi, "opd_seeds": int(row["n_seeds"]),
+            **classify(lo, hi, float(row["gap"]), int(row["n_seeds"]))}
 
 
 def judge(row: dict, outcomes: pd.DataFrame, opd_run: str | None = None) -> dict:
     """A pre-flight row with its pair's OPD outcome and whether the verdict agrees with it
     (under the protocol, and provisionally on the single-seed outcomes)."""
-    drop = ("opd_run", "acc5d_before", "acc5d_after", "acc5d_teacher", "gap_recovery_5d",
-            "gap_recovery_ci_low", "gap_recovery_ci_high", "opd_seeds", "outcome",
-            "outcome_provisional", "outcome_note", "agreement", "agreement_provisional", "agrees")
-    row = {k: v for k, v in row.items() if k not in drop}
+    row = {k: v for k, v in row.items() if k not in OUTCOME_COLS
+           and not k.startswith(("acc5d_", "gap_recovery_5d"))}
     run = opd_run or OUTCOME_RUN.get(row["pair"])
     if run and run in outcomes.index:
         row["opd_run"] = run
-        row.update(outcome(outcomes.loc[[run]]))
+        row.update(outcome_items(outcomes.loc[run]) if "recovery" in outcomes
+                   else outcome(outcomes.loc[[run]]))
         row["agreement"] = agrees(row["verdict"], row["outcome"])
         row["agreement_provisional"] = agrees(row["verdict"], row["outcome_provisional"])
     return row
+
+
+def expected_status(condition: str, value: float, row: pd.Series, th) -> str | None:
+    """The status a condition's value must have under thresholds ``th`` (None: not re-derivable
+    from the table: horizon, or a condition that was not checked)."""
+    if value != value or value is None:
+        return None
+    if condition == "answer checking":
+        return "GO" if value >= th.min_extracted else "CAUTION"
+    if condition == "thinking compatibility":
+        return "NO-GO" if value < th.compat_nogo else "CAUTION" if value < th.compat_caution \
+            else "GO"
+    if condition == "template alignment":
+        return "NO-GO" if value < th.template_nogo else "CAUTION" \
+            if value < th.template_caution else "GO"
+    if condition == "reachability":
+        return "NO-GO" if value > th.unreachable_nogo else "CAUTION" \
+            if value > th.unreachable_caution else "GO"
+    if condition == "teacher novelty":
+        lo, hi = row.get("novelty_ci_low"), row.get("novelty_ci_high")
+        if lo != lo or lo is None:
+            return None
+        return "NO-GO" if hi <= th.novelty_margin else "GO" if lo > 0 else "CAUTION"
+    if condition == "distinct teacher":
+        return "CAUTION" if value < th.distinct_caution else "GO"
+    if condition == "truncation":
+        from opd_diag.preflight.truncation import MAX_TRUNCATED
+
+        return "CAUTION" if value > MAX_TRUNCATED else "GO"
+    return None
+
+
+def check_table(df: pd.DataFrame, outcomes: pd.DataFrame | None = None) -> list[str]:
+    """Every way a validation table can disagree with its own protocol: a status that does not
+    follow from its value and the frozen thresholds, a verdict that does not follow from its
+    statuses, an outcome or agreement that does not follow from ``outcomes`` (the OPD outcome
+    table) and the verdict. Returns the problems (empty: the table is what the rules give)."""
+    from opd_diag.preflight import VERDICTS, Thresholds
+
+    th, problems = Thresholds(), []
+    for _, r in df.iterrows():
+        where = f"{r.pair} (seed {r.seed})"
+        if r.thresholds_version != th.version:
+            problems.append(f"{where}: judged under {r.thresholds_version}, not {th.version}")
+        statuses = {}
+        for c in CONDITIONS:
+            if not isinstance(r.get(c), str):
+                continue
+            got = str(r[c]).split(" (")[0]
+            statuses[c] = got
+            want = expected_status(c, r.get(f"{c}: value", np.nan), r, th)
+            if want is not None and got != want:
+                problems.append(f"{where}: {c} is {got} but its value gives {want}")
+            if f"{c}: value" in r and r[f"{c}: value"] == r[f"{c}: value"] and "=" in str(r[c]):
+                shown = float(str(r[c]).rsplit("=", 1)[1].rstrip(")"))
+                if abs(shown - float(r[f"{c}: value"])) > 6e-4:
+                    problems.append(f"{where}: {c} shows {shown} but its value is "
+                                    f"{r[f'{c}: value']}")
+        counted = [s for s in statuses.values() if s in VERDICTS]
+        verdict = max(counted, key=VERDICTS.index) if counted else "CAUTION"
+        if statuses.get("truncation") == "CAUTION":
+            verdict = "CAUTION"
+        if r.verdict != verdict:
+            problems.append(f"{where}: verdict {r.verdict} but its rows give {verdict}")
+        if outcomes is not None and isinstance(r.get("opd_run"), str):
+            again = judge(r.dropna().to_dict(), outcomes, r.opd_run)
+            for col in ("outcome", "outcome_provisional", "agreement", "agreement_provisional",
+                        "opd_seeds"):
+                if str(again.get(col)) != str(r.get(col)) and not (
+                        col == "opd_seeds" and float(again[col]) == float(r[col])):
+                    problems.append(f"{where}: {col} is {r.get(col)} but the outcome table "
+                                    f"gives {again.get(col)}")
+            for col in ("gap_recovery", "gap_recovery_ci_low", "gap_recovery_ci_high"):
+                if not np.isclose(float(again[col]), float(r[col]), atol=1e-6, equal_nan=True):
+                    problems.append(f"{where}: {col} is {r[col]} but the outcome table gives "
+                                    f"{again[col]}")
+    return problems
+
+
+def check_report(md: str, df: pd.DataFrame, split: str) -> list[str]:
+    """The markdown report's headline counts are the table's (a hand-edited report fails)."""
+    first = df[df.seed == df.seed.min()]
+    judged = first.dropna(subset=["outcome"]) if "outcome" in first else first.iloc[:0]
+    problems = []
+    for label, col in ((f"**{split} agreement under the protocol:**", "agreement"),
+                       ("**Provisional agreement**", "agreement_provisional")):
+        lines = [ln for ln in md.splitlines() if ln.startswith(label)]
+        if not lines or _count(judged, col) not in lines[0]:
+            problems.append(f"report line {label!r} does not say {_count(judged, col)!r}")
+    return problems
 
 
 def redecide(pf: Path) -> dict:
@@ -260,17 +348,12 @@ def main() -> None:
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "preflight-validation" if split == "in-sample" else "preflight-validation-heldout"
-    default = Path(__file__).resolve().parents[1] / "reports" / "zoo-validation.csv"
-    outcomes = pd.read_csv(args.outcomes or default)
-    if args.outcomes is None and (runs / "zoo-validation.csv").exists():
-        outcomes = merge_validation(outcomes, pd.read_csv(runs / "zoo-validation.csv"))
-    outcomes = outcomes.set_index("run")
+    outcomes = read_outcomes(args.outcomes, split, runs, merge_validation)
     if args.rejudge:
         df = pd.read_csv(out / f"{stem}.csv")
         df = pd.DataFrame([judge(r.dropna().to_dict(), outcomes, r.get("opd_run"))
                            for _, r in df.iterrows()])
-        df.to_csv(out / f"{stem}.csv", index=False)
-        (out / f"{stem}.md").write_text(render(df, split))
+        write(df, out, stem, split, outcomes)
         return
     jobs = [(it["pair"], it["argv"], it.get("opd_run")) for it in load_pair_set(args.pair_set)
             if not args.pairs or it["pair"] in args.pairs]
@@ -318,9 +401,35 @@ def main() -> None:
     if stale:
         print(f"[preflight-validation] rows judged under {sorted(stale)}, not "
               f"{Thresholds().version}: re-run them (--reuse re-judges stored runs)")
-    df.to_csv(out / f"{stem}.csv", index=False)
-    (out / f"{stem}.md").write_text(render(df, split))
+    write(df, out, stem, split, outcomes)
     print((out / f"{stem}.md").read_text())
+
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+
+
+def read_outcomes(path: str | None, split: str, runs: Path | None = None,
+                  merge=None) -> pd.DataFrame:
+    """The OPD outcome table indexed by run: ``--outcomes``, else the committed one of the split
+    (in-sample: ``zoo-validation.csv``, v1 runs; held-out: ``zoo-v2-validation.csv``, indexed by
+    pair)."""
+    if path is None and split == "held-out":
+        path = REPORTS / "zoo-v2-validation.csv"
+    outcomes = pd.read_csv(path or REPORTS / "zoo-validation.csv")
+    if path is None and runs is not None and merge and (runs / "zoo-validation.csv").exists():
+        outcomes = merge(outcomes, pd.read_csv(runs / "zoo-validation.csv"))
+    return outcomes.set_index("run" if "run" in outcomes else "pair")
+
+
+def write(df: pd.DataFrame, out: Path, stem: str, split: str, outcomes: pd.DataFrame) -> None:
+    """Write the table and its report, refusing a table its own rules contradict."""
+    problems = check_table(df, outcomes)
+    if problems:
+        raise SystemExit("validation table contradicts its rules:\n  " + "\n  ".join(problems))
+    for path, text in ((out / f"{stem}.csv", None), (out / f"{stem}.md", render(df, split))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        df.to_csv(tmp, index=False) if text is None else tmp.write_text(text)
+        tmp.replace(path)
 
 
 def _count(df: pd.DataFrame, col: str) -> str:
@@ -338,7 +447,8 @@ def render(df: pd.DataFrame, split: str = "in-sample") -> str:
     first = df[df.seed == df.seed.min()].drop(columns=["seed"])
     judged = first.dropna(subset=["outcome"]) if "outcome" in first else first.iloc[:0]
     cond_cols = [c for c in CONDITIONS if c in first]
-    main_cols = ["pair", "verdict", *cond_cols, "opd_run", "opd_seeds", "gap_recovery_5d",
+    main_cols = ["pair", "verdict", *cond_cols, "opd_run", "opd_seeds", "outcome_subset",
+                 "acc_before", "acc_after", "acc_teacher", "gap_recovery",
                  "gap_recovery_ci_low", "gap_recovery_ci_high", "outcome_provisional", "outcome",
                  "agreement_provisional", "agreement"]
     lines = [f"# Pre-flight verdicts vs measured OPD outcomes ({split})", "",
@@ -346,26 +456,39 @@ def render(df: pd.DataFrame, split: str = "in-sample") -> str:
              f"docs/validation.md, thresholds **{th.version}** "
              f"(`{', '.join(sorted(set(first.thresholds_version)))}` in the rows).", ""]
     if split == "in-sample":
-        lines += ["**Held-out agreement: pending.** The held-out pairs (zoo v2, a second task "
-                  "family) are not built yet; these are the 7 calibration pairs, on which the "
-                  "thresholds were set, so the agreement below is in-sample and says little about "
-                  "new pairs. Run `python benchmarks/preflight_validation.py --pair-set "
-                  "PAIRS.json --outcomes OUTCOMES.csv` on the held-out set "
-                  "(writes `preflight-validation-heldout.md`).", ""]
+        held = REPORTS / "preflight-validation-heldout.csv"
+        headline = "pending (no held-out table)"
+        if held.is_file():
+            h = pd.read_csv(held)
+            h = h[h.seed == h.seed.min()]
+            headline = _count(h.dropna(subset=["outcome"]) if "outcome" in h else h.iloc[:0],
+                              "agreement") + " (`preflight-validation-heldout.md`)"
+        lines += [f"**Held-out agreement: {headline}.** These are the 7 calibration pairs, on "
+                  "which the thresholds were set, so the agreement below is in-sample and says "
+                  "little about new pairs.", ""]
+    else:
+        lines += ["**Held-out pairs**: every verdict below was recorded under the frozen "
+                  "thresholds before any of these pairs had an OPD outcome; the outcomes come from "
+                  "`reports/zoo-v2-validation.csv` (derived from `reports/zoo-v2-eval-items.csv`"
+                  ", one fixed OPD budget, >= 3 seeds), joined with `--rejudge` without re-running "
+                  "a pre-flight. Nothing here was used to set a threshold.", ""]
     lines += [f"**{split} agreement under the protocol:** {_count(judged, 'agreement')}.", "",
               f"**Provisional agreement** (single-seed OPD outcomes, CI from eval items only — not "
               f"the protocol's >= 3 seeds): {_count(judged, 'agreement_provisional')}.", "",
               markdown_table(first[[c for c in main_cols if c in first]]), ""]
-    wrong = judged[judged.get("agreement_provisional", pd.Series(dtype=str)).isin(
-        ["disagree", "hedge"])] if len(judged) else judged
-    lines += ["## Wrong or hedged calls (provisional outcomes)", ""]
+    bad = ["disagree", "hedge"]
+    wrong = judged[judged.get("agreement", pd.Series(dtype=str)).isin(bad)
+                   | judged.get("agreement_provisional", pd.Series(dtype=str)).isin(bad)] \
+        if len(judged) else judged
+    lines += ["## Wrong or hedged calls", ""]
     if len(wrong):
         for _, r in wrong.iterrows():
             failing = [c for c in cond_cols if str(r[c]).startswith(("NO-GO", "CAUTION"))]
             lines.append(f"* **{r.pair}**: {r.verdict} ({', '.join(failing) or 'no failing row'})"
-                         f" but OPD {r.outcome_provisional} (gap recovery "
-                         f"{r.gap_recovery_5d:.2f}, 95% CI [{r.gap_recovery_ci_low:.2f}, "
-                         f"{r.gap_recovery_ci_high:.2f}]).")
+                         f" but OPD {r.outcome} (protocol; provisional {r.outcome_provisional}, "
+                         f"{int(r.opd_seeds)} seed(s)): gap recovery {r.gap_recovery:.2f} on "
+                         f"{r.outcome_subset}, 95% CI [{r.gap_recovery_ci_low:.2f}, "
+                         f"{r.gap_recovery_ci_high:.2f}].")
     else:
         lines.append("None.")
     lines += ["", "## Margins (seed 0)", "", "Distance of each statistic to its nearest line "

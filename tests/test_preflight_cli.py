@@ -160,3 +160,19 @@ def test_long_stages_show_progress_unless_quiet(tiny_pair, answered_prompts, tmp
     assert main(["--quiet", *argv, "--out", str(tmp_path / "b")]) in (0, 3, 4)
     err = capsys.readouterr().err
     assert "continuations" not in err and "it/s" not in err
+
+
+def test_a_reference_that_is_the_teacher_is_refused(tiny_pair, answered_prompts, tmp_path, capsys):
+    import opd_diag as od
+
+    pair = od.load_pair(*tiny_pair)
+    with pytest.raises(od.OpdDiagError, match="is the teacher itself"):
+        od.run_preflight(pair, od.load_prompts(answered_prompts), tmp_path / "pf",
+                         config=od.PreflightConfig.budget("small", max_new_tokens=4),
+                         references={"t": od.load_model(tiny_pair[1], role="reference")})
+    assert not (tmp_path / "pf").exists() or not any((tmp_path / "pf").iterdir())
+    code = main(["preflight", "--student", str(tiny_pair[0]), "--teacher", str(tiny_pair[1]),
+                 "--prompts", str(answered_prompts), "--checker", r"regex:(w\d+)$",
+                 "--reference", str(tiny_pair[1]), "--budget", "small", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "cli")])
+    assert code == 2 and "is the teacher itself" in capsys.readouterr().err

@@ -346,3 +346,61 @@ def test_novelty_without_evidence_is_an_error(tiny_pair, tmp_path):
         run_probe("novelty", run)
     with pytest.raises(OpdDiagError, match="depths"):
         PreflightConfig(depths=(1.5,))
+
+
+def test_compatibility_advice_names_the_template_when_the_template_fails():
+    both = decide(*_probe_tables(compat=0.85, template=0.4), Thresholds(), max_new_tokens=100)
+    row = both.set_index("condition").loc["thinking compatibility"]
+    assert row.status == "CAUTION" and "render the prompts the teacher's way first" in row.recovery
+    alone = decide(*_probe_tables(compat=0.85, template=np.nan), Thresholds(), max_new_tokens=100)
+    row = alone.set_index("condition").loc["thinking compatibility"]
+    assert row.recovery.startswith("off-policy cold start")  # no template problem: cold start
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_a_fallback_novelty_without_an_interval_cannot_decide(rate):
+    t = decide(*_probe_tables(compat=0.99, nov=(rate, rate, rate),
+                              estimand="teacher_exclusive_solve_rate"), Thresholds(),
+               max_new_tokens=100).set_index("condition")
+    assert t.status["teacher novelty"] == "CAUTION"
+    assert "no confidence interval" in t.rule["teacher novelty"]
+
+
+def test_expected_effect_band_and_when_it_cannot_be_estimated():
+    from opd_diag.preflight.rules import expected_effect
+
+    tables = _probe_tables(compat=0.99, unreach=0.25, nov=(0.2, 0.1, 0.3))
+    t = decide(*tables, Thresholds(), max_new_tokens=100)
+    text = expected_effect(t, tables[2])
+    assert "up to 75% of the gap" in text and "+0.075 to +0.225" in text
+    neg = _probe_tables(compat=0.99, unreach=0.25, nov=(0.0, -0.05, 0.05))
+    assert "cannot be estimated" in expected_effect(decide(*neg, Thresholds(), 100), neg[2])
+    nan = _probe_tables(compat=0.99, unreach=np.nan)
+    assert expected_effect(decide(*nan, Thresholds(), 100), nan[2]).startswith(
+        "cannot be estimated (novelty or reachability not measured)")
+
+
+def test_auroc_per_token_bin_with_prompt_cis():
+    from opd_diag.probes.horizon import reward_auroc_by_depth, reward_auroc_by_tokens, token_edges
+
+    rng = np.random.default_rng(0)
+    rows, states = [], []
+    for p in range(30):
+        for n in range(4):
+            rid, ok, T = f"p{p}/n{n}", bool(rng.random() < 0.5), int(rng.integers(40, 120))
+            rows.append({"rollout_id": rid, "prompt_id": p, "correct": ok})
+            for t in range(T):
+                # informative before token 32, pure noise after
+                signal = (1.0 if ok else -1.0) if t < 32 else 0.0
+                states.append({"rollout_id": rid, "t": t, "T": T, "step": -1, "logp_s": -1.0,
+                               "logp_t": -1.0 + signal + rng.normal(0, 1.0)})
+    roll, st = pd.DataFrame(rows), pd.DataFrame(states)
+    assert token_edges(100) == [0, 16, 32, 64, 128]
+    tok = reward_auroc_by_tokens(st, roll, n_boot=200).set_index("tokens_from")
+    assert tok.loc[0, "auroc_rbar"] > 0.9 and tok.loc[16, "auroc_rbar"] > 0.9
+    assert 0.3 < tok.loc[64, "auroc_rbar"] < 0.7  # per bin: the early signal does not leak in
+    assert tok.loc[64, "auroc_ci_low"] < 0.5 < tok.loc[64, "auroc_ci_high"]
+    assert tok.loc[0, "auroc_ci_low"] > 0.8 and tok.loc[0, "n_prompts"] == 30
+    frac = reward_auroc_by_depth(st, roll, n_bins=4, n_boot=200)
+    assert frac.auroc_rbar.iloc[0] > frac.auroc_rbar.iloc[-1]
+    assert frac.mean_position.is_monotonic_increasing

@@ -106,3 +106,59 @@ def test_base_instruct_special_tokens_warn_and_stop_on_both_eos(tiny_pair, promp
     assert tok0 in meta["stop_token_ids"]["teacher"]
     assert tok0 not in meta["stop_token_ids"]["student"]
     assert any("eos_token" in w for w in meta["tokenizer_warnings"])
+
+
+def _tiny_arch(kind: str):
+    import transformers
+
+    cls = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}[kind]
+    cfg = getattr(transformers, f"{cls}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        head_dim=8, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_lean_decode_gives_the_generic_forwards_samples(kind, temperature):
+    from opd_diag.states.lean import lean_supported
+    from opd_diag.states.rollout import SamplingConfig, sample_batch
+
+    model = _tiny_arch(kind)
+    assert lean_supported(model, 64) is None
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 64, (int(n),), generator=gen).tolist() for n in (3, 7, 5, 9, 2, 6)]
+    cfg = SamplingConfig(n_samples=1, temperature=temperature, max_new_tokens=40)
+    kw = dict(eos_ids=[2], pad_id=0)
+    generic = sample_batch(model, prompts, list(range(6)), cfg, lean=False, **kw)
+    lean = sample_batch(model, prompts, list(range(6)), cfg, lean=True, **kw)
+    assert lean == generic
+    assert max(len(c) for c, _ in lean) > 10  # the rows really decoded
+
+
+def test_lean_decode_on_the_zoo_and_its_fallbacks():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from opd_diag.core.models import load_pair
+    from opd_diag.states.lean import lean_supported
+    from opd_diag.states.rollout import SamplingConfig, sample_batch
+    from opd_diag.zoo import get_pair, model_dir
+
+    zp = get_pair("success")
+    pair = load_pair(model_dir(zp.student), model_dir(zp.teacher))
+    ids = [pair.tokenizer(p)["input_ids"] for p in zp.prompts(12).prompt]
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=zp.hyper.max_new_tokens)
+    kw = dict(eos_ids=pair.stop_token_ids, pad_id=pair.tokenizer.pad_token_id)
+    assert sample_batch(pair.student.model, ids, list(range(12)), cfg, lean=True, **kw) == \
+        sample_batch(pair.student.model, ids, list(range(12)), cfg, lean=False, **kw)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
+    assert "architecture 'gpt2'" in lean_supported(gpt2, 64)
+    windowed = _tiny_arch("mistral")
+    windowed.config.sliding_window = 16
+    assert "sliding-window" in lean_supported(windowed, 64)
+    # a declined model still samples, through the generic forward
+    out = sample_batch(gpt2.eval(), [[5, 6, 7]], [0], SamplingConfig(max_new_tokens=5),
+                       eos_ids=[2], pad_id=0)
+    assert len(out[0][0]) >= 1

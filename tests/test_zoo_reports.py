@@ -41,7 +41,7 @@ def test_preflight_validation_markdown_matches_its_table():
     assert len(judged) >= 5
     val = pd.read_csv(REPORTS / "zoo-validation.csv").set_index("run")
     for _, row in judged.iterrows():
-        assert row.gap_recovery_5d == pytest.approx(val.loc[row.opd_run, "gap_recovery/5d"])
+        assert row.gap_recovery == pytest.approx(val.loc[row.opd_run, "gap_recovery/5d"])
 
 
 def test_partial_rerun_merges_into_the_committed_tables():

@@ -110,7 +110,7 @@ def _pair_inputs(args):
     prompts = zp.prompts(n)
     own = get_spec(zp.teacher).templates
     teacher_prompts = None if zp.template in own else list(zp.prompts(n, template=own[0]).prompt)
-    refs = [str(model_dir(r)) for r in zp.references] + list(args.reference)
+    refs = list(dict.fromkeys([str(model_dir(r)) for r in zp.references] + list(args.reference)))
     return (model_dir(zp.student), model_dir(zp.teacher), prompts, teacher_prompts, refs,
             args.checker or f"task:{zp.task}", args.max_new_tokens or zp.hyper.max_new_tokens)
 

@@ -153,11 +153,11 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
     """The verdict table from probe tables (pure: no models). Every condition is a row."""
     rows = []
 
-    def add(condition, metric, value, status, rule, allow_nan=False):
+    def add(condition, metric, value, status, rule, allow_nan=False, recovery=None):
         if status in ("GO", "NO-GO") and pd.isna(value) and not allow_nan:  # undefined: never GO
             status, rule = "CAUTION", f"could not measure {metric}; {rule}"
         rows.append(dict(condition=condition, metric=metric, value=value, status=status,
-                         rule=rule, recovery=RECOVERY[condition]))
+                         rule=rule, recovery=recovery or RECOVERY[condition]))
 
     if extraction:
         e = extraction["share"]
@@ -174,12 +174,18 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
     c = _value(thinking, component="compatibility_score")
     share = _value(thinking, component="forking_share")
     allpos = _value(thinking, component="teacher_topk_mass_covered")
+    t = _value(thinking, component="template_top1_agreement")
+    template_fails = not np.isnan(t) and t < th.template_caution
     add("thinking compatibility", "compatibility_score", c,
         "NO-GO" if c < th.compat_nogo else "CAUTION" if c < th.compat_caution else "GO",
         f"NO-GO < {th.compat_nogo}, CAUTION < {th.compat_caution}; teacher top-k mass on the "
         f"shared top-k at forking positions ({share:.0%} of positions; all positions: "
-        f"{allpos:.3f})")
-    t = _value(thinking, component="template_top1_agreement")
+        f"{allpos:.3f})",
+        # a misaligned template also lowers overlap: fix the cause first, then re-check
+        recovery=("the template is misaligned too (see template alignment), which lowers overlap "
+                  "by itself: render the prompts the teacher's way first and re-check; a cold "
+                  "start is for incompatibility that remains with aligned prompts")
+        if template_fails else None)
     if np.isnan(t):
         add("template alignment", "template_top1_agreement", t, NOT_CHECKED,
             "not checked: teacher and student prompts render the same way")
@@ -209,6 +215,9 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
         note = ""
         if estimand == "two_phase_settled_as_zero" and status == "NO-GO":
             status, note = "CAUTION", "; settled prompts were not re-sampled (biased to 0)"
+        if status != "CAUTION" and not hi > lo:  # a fallback with no interval: undecidable
+            status, note = "CAUTION", (f"; {estimand} has no confidence interval, so it cannot "
+                                       "decide (raise --budget for the two-phase estimate)")
         add("teacher novelty", "novelty_score", n, status,
             f"{estimand}: 95% CI [{lo:.3f}, {hi:.3f}]; GO if it excludes 0, NO-GO if its upper "
             f"end is <= {th.novelty_margin}, CAUTION otherwise{note}")

@@ -56,6 +56,13 @@ def run_preflight(
                                  references=references, teacher_prompts=teacher_prompts,
                                  raw_prompt=raw_prompt, progress=progress, overwrite=overwrite)
     cfg = config or PreflightConfig()
+    for name, ref in (references or {}).items():
+        if Path(ref.path).resolve() == Path(pair.teacher.path).resolve():
+            raise OpdDiagError(
+                f"reference {name!r} is the teacher itself ({ref.path}): its distance to the "
+                "teacher is 0 by construction and the 'distinct teacher' check would say nothing; "
+                "pass a model from the teacher's or the student's own pipeline (e.g. the "
+                "student's base or a same-recipe sibling) as --reference")
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage, written to verdict.json
 

@@ -2,8 +2,10 @@
 
 * continuation advantage by depth (from ``continuations``): where does the teacher stop being
   able to do better than the student from the student's own prefix?
-* AUROC of the mean reward ``r̄`` over each depth bin's positions (per bin) against correctness
-  (Mann–Whitney U from scipy): is the dense signal still informative that deep?
+* AUROC of the mean reward ``r̄`` over each depth bin's positions (per bin, never cumulative)
+  against correctness (Mann–Whitney U from scipy), with a 95% CI resampled by prompt, on depth
+  fractions (section ``auroc``) and on absolute token depths 0-16-32-64-… (``auroc_tokens``): is
+  the dense signal still informative that deep?
 * overlap ratio and entropies by depth bin;
 * on training runs, student entropy by position × step and a back-to-front destabilisation
   detector (high entropy appearing at late positions first and spreading earlier, paper Fig. 13).
@@ -38,26 +40,82 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def reward_auroc_by_depth(states: pd.DataFrame, rollouts: pd.DataFrame, n_bins: int
-                          ) -> pd.DataFrame:
+def _auroc_ci(r_bar: pd.Series, labels: pd.Series, prompt_of: pd.Series, n_boot: int,
+              seed: int) -> tuple[float, float]:
+    """95% percentile CI of the AUROC, resampling *prompts* (a prompt's rollouts together)."""
+    if len(r_bar) < 4 or labels.nunique() < 2:
+        return np.nan, np.nan
+    groups = [np.flatnonzero(prompt_of.to_numpy() == p) for p in pd.unique(prompt_of)]
+    rng = np.random.default_rng(seed)
+    scores, y = r_bar.to_numpy(), labels.to_numpy(bool)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        a = auroc(scores[idx], y[idx])
+        if a == a:
+            boots.append(a)
+    if len(boots) < n_boot // 2:
+        return np.nan, np.nan
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _auroc_rows(s: pd.DataFrame, bin_of: pd.Series, bins: list[tuple], known: pd.Series,
+                prompt_of: pd.Series, n_boot: int, seed: int) -> list[dict]:
+    reward = s.logp_t - s.logp_s
+    rows = []
+    for b, extra in bins:
+        here = (bin_of == b).to_numpy()
+        r_bar = reward[here].groupby(s.rollout_id[here]).mean()
+        labels = known.reindex(r_bar.index)
+        lo, hi = _auroc_ci(r_bar, labels, prompt_of.reindex(r_bar.index), n_boot, seed)
+        rows.append({"depth_bin": b, **extra,
+                     "mean_position": float(s.t[here].mean()) if here.any() else np.nan,
+                     "auroc_rbar": auroc(r_bar.to_numpy(), labels.to_numpy()),
+                     "auroc_ci_low": lo, "auroc_ci_high": hi, "n_rollouts": len(r_bar),
+                     "n_prompts": int(prompt_of.reindex(r_bar.index).nunique())})
+    return rows
+
+
+def reward_auroc_by_depth(states: pd.DataFrame, rollouts: pd.DataFrame, n_bins: int,
+                          n_boot: int = 300, seed: int = 0) -> pd.DataFrame:
     """Per depth bin (not cumulative): AUROC of the bin's mean reward ``r̄`` (teacher minus student
     log-prob of the sampled tokens at the bin's positions only) against the rollout's outcome,
-    with the bin's depth as a fraction and in absolute tokens (mean position)."""
+    with a 95% CI resampled by prompt, the bin's depth as a fraction and in absolute tokens (mean
+    position)."""
     known = rollouts.dropna(subset=["correct"]).set_index("rollout_id")["correct"].astype(bool)
+    prompt_of = rollouts.set_index("rollout_id").prompt_id
     s = states[states.rollout_id.isin(known.index)]
-    rows = []
     if len(s) == 0:
         return pd.DataFrame()
-    reward = s.logp_t - s.logp_s
     b_of = np.minimum((s.t / s["T"] * n_bins).astype(int), n_bins - 1)
-    for b in range(n_bins):
-        here = b_of == b
-        r_bar = reward[here].groupby(s.rollout_id[here]).mean()
-        labels = known.reindex(r_bar.index).to_numpy()
-        rows.append({"depth_bin": b, "depth_from": b / n_bins, "depth_upto": (b + 1) / n_bins,
-                     "mean_position": float(s.t[here].mean()) if here.any() else np.nan,
-                     "auroc_rbar": auroc(r_bar.to_numpy(), labels), "n_rollouts": len(r_bar)})
-    return pd.DataFrame(rows)
+    bins = [(b, {"depth_from": b / n_bins, "depth_upto": (b + 1) / n_bins}) for b in range(n_bins)]
+    return pd.DataFrame(_auroc_rows(s, b_of, bins, known, prompt_of, n_boot, seed))
+
+
+def token_edges(max_t: int, first: int = 16) -> list[int]:
+    """Absolute depth bins in tokens: [0, 16), [16, 32), [32, 64), … doubling up to ``max_t``."""
+    edges = [0, first]
+    while edges[-1] <= max_t:
+        edges.append(edges[-1] * 2)
+    return edges
+
+
+def reward_auroc_by_tokens(states: pd.DataFrame, rollouts: pd.DataFrame, n_boot: int = 300,
+                           seed: int = 0) -> pd.DataFrame:
+    """The same per-bin AUROC on absolute token depths (:func:`token_edges`): each bin holds the
+    rollouts that reach it, so a user reads "the signal is informative up to ~N tokens"
+    directly, whatever the rollouts' lengths."""
+    known = rollouts.dropna(subset=["correct"]).set_index("rollout_id")["correct"].astype(bool)
+    prompt_of = rollouts.set_index("rollout_id").prompt_id
+    s = states[states.rollout_id.isin(known.index)]
+    if len(s) == 0:
+        return pd.DataFrame()
+    edges = token_edges(int(s.t.max()))
+    b_of = pd.Series(np.searchsorted(edges, s.t.to_numpy(), side="right") - 1, index=s.index)
+    bins = [(b, {"tokens_from": edges[b], "tokens_upto": edges[b + 1]})
+            for b in range(len(edges) - 1) if (b_of == b).any()]
+    return pd.DataFrame(_auroc_rows(s, b_of, bins, known, prompt_of, n_boot, seed))
 
 
 def advantage_by_prompt(cont: pd.DataFrame, rollouts: pd.DataFrame, seed: int = 0
@@ -138,8 +196,9 @@ def back_to_front(entropy: pd.DataFrame, factor: float = 1.5) -> dict:
                 onsets, key=lambda p: (-onsets[p], p)))}
 
 
-@register_probe("horizon", version=2, summary="teacher signal by depth: continuation advantage, "
-                "AUROC of r̄, overlap/entropy by depth, back-to-front detector -> max length")
+@register_probe("horizon", version=3, summary="teacher signal by depth: continuation advantage, "
+                "per-bin AUROC of r̄ (fractions and absolute tokens, CIs by prompt), "
+                "overlap/entropy by depth, back-to-front detector -> max length")
 def horizon_probe(run: Run, n_depth_bins: int = 4, position_bin: int = 16,
                   min_advantage: float = 0.0) -> pd.DataFrame:
     """Long table ``(section, key, metric, value)``."""
@@ -155,10 +214,14 @@ def horizon_probe(run: Run, n_depth_bins: int = 4, position_bin: int = 16,
             rows.append(dict(section="depth", key=str(b), metric=m, value=float(g[m].mean())))
     au = reward_auroc_by_depth(states[states.step == states.step.min()], rollouts, n_depth_bins)
     for _, r in au.iterrows():
-        rows.append(dict(section="auroc", key=str(int(r.depth_bin)), metric="auroc_rbar",
-                         value=r.auroc_rbar))
-        rows.append(dict(section="auroc", key=str(int(r.depth_bin)), metric="mean_position",
-                         value=r.mean_position))
+        for m in ("auroc_rbar", "auroc_ci_low", "auroc_ci_high", "mean_position", "n_rollouts"):
+            rows.append(dict(section="auroc", key=str(int(r.depth_bin)), metric=m, value=r[m]))
+    au_tok = reward_auroc_by_tokens(states[states.step == states.step.min()], rollouts)
+    for _, r in au_tok.iterrows():
+        for m in ("auroc_rbar", "auroc_ci_low", "auroc_ci_high", "mean_position", "n_rollouts"):
+            rows.append(dict(section="auroc_tokens",
+                             key=f"{int(r.tokens_from)}-{int(r.tokens_upto)}", metric=m,
+                             value=r[m]))
     cont = run.table("continuations")
     if len(cont):
         adv = advantage_by_prompt(cont, rollouts)

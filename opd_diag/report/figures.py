@@ -199,33 +199,62 @@ def continuation_advantage(df: pd.DataFrame) -> Plot:
 
 
 _REACH = (("disagree_share", "teacher top-1 ≠ sampled token"),
-          ("unreachable_share", "unreachable (p_s(top-1) < 1e-3)"),
+          ("unreachable_share", "student p(teacher top-1) < 1e-3"),
           ("teacher_top1_outside_student_topk", "teacher top-1 outside student top-k"),
-          ("corrective_mass_outside_share", "corrective mass outside student top-k"),
-          ("rkl_share_unreachable", "share of KL at unreachable states"))
+          ("corrective_mass_outside_share", "corrective mass outside student top-k"))
 
 
 def reachability_bars(df: pd.DataFrame, nogo: float | None = None,
                       caution: float | None = None) -> Plot:
-    """Reachability shares at the first step, with the verdict's thresholds on unreachable."""
+    """Left: the verdict's statistic, the share of the teacher's corrective signal out of
+    reverse KL's reach, as a sensitivity curve over the gradient-ratio cutoff, with the verdict's
+    lines at its cutoff. Right: descriptive shares over disagreement positions (no lines: the
+    verdict does not read them). First step."""
     row = df.sort_values("step").iloc[0]
-    table = pd.DataFrame([{"metric": c, "label": n, "value": float(row[c])} for c, n in _REACH
-                          if c in row])
-    fig, (ax,) = _fig(1, h=2.4)
-    fig.set_size_inches(7.5, 2.4)
-    ax.barh(table.label, table.value, color=["C7", "C3", "C1", "C1", "C3"][: len(table)])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    for x, style in ((caution, ":"), (nogo, "--")):
-        if x is not None:
-            ax.axvline(x, color="C3", ls=style, lw=1)
-    ax.set_title("Where the teacher's corrections sit for the student", fontsize=9)
-    ax.set_xlabel("share of disagreement positions (last bar: share of KL)", fontsize=8)
-    ax.set_ylabel("where the correction sits", fontsize=8)
-    ax.tick_params(labelsize=7)
+    curve = sorted(((float(c.split("@", 1)[1]), float(row[c])) for c in row.index
+                    if str(c).startswith("grad_share_unreachable@") and row[c] == row[c]),
+                   reverse=True)
+    table = pd.DataFrame([{"metric": f"grad_share_unreachable@{c:.0e}", "cutoff": c, "value": v}
+                          for c, v in curve]
+                         + [{"metric": c, "cutoff": np.nan, "value": float(row[c])}
+                            for c, _ in _REACH if c in row])
+    fig, (left, right) = _fig(2, cols=2, h=2.6)
+    if curve:
+        xs, ys = zip(*curve, strict=True)
+        left.plot(xs, ys, "o-", color="C0", lw=1.2, ms=4)
+        left.set_xscale("log")
+        left.invert_xaxis()
+        cut = float(row.get("grad_ratio", np.nan))
+        if cut == cut:
+            left.axvline(cut, color="0.6", lw=0.8)
+            left.plot([cut], [float(row["grad_share_unreachable"])], "o", color="C3", ms=6,
+                      label=f"verdict statistic (cutoff {cut:g})")
+        for y, style, name in ((caution, ":", "CAUTION line"), (nogo, "--", "NO-GO line")):
+            if y is not None:
+                left.axhline(y, color="C3", ls=style, lw=1, label=name)
+        left.legend(fontsize=7, loc="upper left")
+    else:
+        left.text(0.5, 0.5, "no gradient-ratio curve in this run", ha="center", va="center",
+                  transform=left.transAxes, fontsize=8, color="0.4")
+    left.set_ylim(0, 1)
+    left.set_xlabel("cutoff: reverse-KL gradient / forward-KL gradient", fontsize=8)
+    left.set_ylabel("share of corrective signal below it", fontsize=8)
+    left.set_title(f"Out of reach (on {row.get('measured_on', '?')})", fontsize=9)
+    desc = table[table.cutoff.isna()]
+    labels = [dict(_REACH)[m] for m in desc.metric]
+    right.barh(labels, desc.value, color="C7")
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_title("Where the corrections sit (descriptive)", fontsize=9)
+    right.set_xlabel("share of disagreement positions / of corrective mass", fontsize=8)
+    right.set_ylabel("where the correction sits", fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(labelsize=7)
     return Plot("reachability", "Reachability of the teacher's corrections", fig, table,
-                "Shares over disagreement positions (first step). Dotted/dashed lines: the "
-                "CAUTION / NO-GO thresholds on the unreachable share.",
+                "Left: share of the teacher's corrective signal whose reverse-KL gradient is below "
+                "the cutoff times its forward-KL gradient (the verdict reads it at the marked "
+                "cutoff; dotted/dashed: CAUTION / NO-GO lines). A curve that stays flat across "
+                "cutoffs is a robust call. Right: descriptive shares, not read by the verdict.",
                 "run.probe('reachability')")
 
 
@@ -259,16 +288,28 @@ def _masked_cmap(name: str):
 
 
 def auroc_by_depth(df: pd.DataFrame) -> Plot:
-    """AUROC of the sequence-mean reward r̄ (positions up to each depth bin) vs correctness."""
+    """Per-bin AUROC of r̄ vs correctness against depth in tokens (the bin's mean position),
+    with 95% CIs by prompt: depth-fraction bins and absolute token bins."""
     fig, (ax,) = _fig(1)
-    ax.plot(df.depth_bin, df.auroc_rbar, "o-")
+    for i, (scale, g) in enumerate(df.groupby("scale", sort=False)):
+        g = g.sort_values("mean_position")
+        x = g.mean_position.to_numpy(float)
+        ax.plot(x, g.auroc_rbar, "o-" if scale == "tokens" else "s--", color=f"C{i}", ms=4,
+                label="absolute token bins" if scale == "tokens" else "depth-fraction bins")
+        if "auroc_ci_low" in g:
+            ax.fill_between(x, g.auroc_ci_low.to_numpy(float), g.auroc_ci_high.to_numpy(float),
+                            color=f"C{i}", alpha=0.15, lw=0)
     ax.axhline(0.5, color="grey", lw=0.8)
+    ax.axhline(0.6, color="C3", lw=0.8, ls=":", label="0.6: the horizon rule's line")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("depth bin", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.set_xlabel("depth: mean position of the bin (tokens)", fontsize=8)
     ax.set_ylabel("AUROC (0.5 = uninformative)", fontsize=7)
-    ax.set_title("AUROC of r̄ vs correctness", fontsize=9)
+    ax.set_title("AUROC of r̄ per depth bin vs correctness", fontsize=9)
     return Plot("auroc", "Is the dense reward still informative at depth?", fig, df,
-                "Horizon probe, section 'auroc' (NaN where all rollouts share one outcome).",
+                "Horizon probe, sections 'auroc' (fractions) and 'auroc_tokens' (absolute tokens): "
+                "per bin, not cumulative; bands: 95% CI resampling prompts (NaN where all "
+                "rollouts share one outcome).",
                 "opd_diag.report.tables.auroc_by_depth(run)")
 
 

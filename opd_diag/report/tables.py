@@ -153,8 +153,18 @@ def novelty_evidence(run: Run) -> pd.DataFrame:
 
 
 def auroc_by_depth(run: Run) -> pd.DataFrame:
-    """Horizon probe, ``section == "auroc"``: AUROC of r̄ (positions up to each depth bin)."""
-    return _long(ensure_probe(run, "horizon"), "auroc", "depth_bin")
+    """Horizon probe, per depth bin (never cumulative): AUROC of r̄ over the bin's positions with
+    its 95% CI by prompt; rows of ``section == "auroc"`` (fractions of each rollout, ``scale`` =
+    "fraction") and ``"auroc_tokens"`` (absolute token depths, ``scale`` = "tokens")."""
+    h = ensure_probe(run, "horizon")
+    parts = [_long(h, sec, "bin").assign(scale=scale)
+             for sec, scale in (("auroc", "fraction"), ("auroc_tokens", "tokens"))]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat(parts, ignore_index=True)
+    df["bin"] = df["bin"].astype(str)
+    return df
 
 
 def reachability(run: Run) -> pd.DataFrame:

@@ -11,12 +11,14 @@ top-p-adjusted) distribution; temperature 0 is greedy decoding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from ..core.errors import OpdDiagError
+from .lean import LeanDecoder, lean_supported
 
 
 @dataclass
@@ -128,8 +130,14 @@ def sample_batch(
     eos_ids: list[int],
     pad_id: int,
     vocab_limit: int | None = None,
+    lean: bool | None = None,
 ) -> list[tuple[list[int], str]]:
     """Sample one completion per row; returns ``(completion_ids, stop_reason)`` per row.
+
+    Decode steps go through :class:`~opd_diag.states.lean.LeanDecoder` (the model's own modules
+    over a static KV cache) when the architecture allows it, else through the model's generic
+    forward; ``lean=False`` (or ``OPD_DIAG_GENERIC_DECODE=1``) forces the generic path. Both
+    give the same samples for the same seeds.
 
     Prompts are left-padded with explicit ``position_ids = cumsum(mask) − 1`` so every row sees
     the positions it would see alone. The completion keeps its EOS token; ``stop_reason`` is
@@ -138,6 +146,8 @@ def sample_batch(
     """
     from transformers import DynamicCache
 
+    if lean is None:
+        lean = os.environ.get("OPD_DIAG_GENERIC_DECODE", "") in ("", "0")
     device = next(model.parameters()).device
     B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
     input_ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -152,11 +162,16 @@ def sample_batch(
     kv = {cache_kwarg(model): DynamicCache(config=model.config)}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                 use_cache=True, logits_to_keep=1, **kv)
+    # decode: the lean static-cache step where the architecture allows it (states/lean.py)
+    use_lean = lean and lean_supported(model, P + cfg.max_new_tokens) is None
+    decoder = LeanDecoder(model, next(iter(kv.values())), mask, cfg.max_new_tokens) \
+        if use_lean else None
+    logits_now = out.logits[:, -1]
     tokens = torch.empty((B, 0), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = positions[:, -1:] + 1
     for _ in range(cfg.max_new_tokens):
-        logits = out.logits[:, -1, :vocab_limit].float()
+        logits = logits_now[:, :vocab_limit].float()
         if not torch.isfinite(logits).all():
             raise OpdDiagError("the student produced NaN/inf logits while sampling; check the "
                                "checkpoint and dtype (try --student-dtype float32)")
@@ -167,9 +182,12 @@ def sample_batch(
         finished |= torch.isin(nxt, eos)
         if bool(finished.all()):
             break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
-                    use_cache=True, **kv)
+        if decoder is not None:
+            logits_now = decoder.step(nxt, next_pos)
+        else:
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
+            logits_now = model(input_ids=nxt[:, None], attention_mask=mask,
+                               position_ids=next_pos, use_cache=True, **kv).logits[:, -1]
         next_pos = next_pos + 1
     results = []
     eos_set = set(eos_ids)

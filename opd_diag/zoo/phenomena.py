@@ -145,7 +145,8 @@ def collect(root: str | Path = "runs/examples",
         f"{_fmt(rn)}; step-0 overlap {_fmt(o_s)} vs {_fmt(o_n)}",
         None if np.isnan(rn) else bool(rs > rn))
     au = {p: _probe(root, p, "horizon") for p in ("success", "incompatible", "out-of-reach")}
-    au = {p: float(h[h.section == "auroc"].sort_values("key").value.iloc[-1])
+    au = {p: float(h[(h.section == "auroc") & (h.metric == "auroc_rbar")]
+                   .assign(b=lambda d: d.key.astype(int)).sort_values("b").value.iloc[-1])
           for p, h in au.items() if h is not None and (h.section == "auroc").any()}
     add(12, "the sequence reward r̄ separates correct/incorrect for good and bad teachers",
         "AUROC 0.73 (success) and 0.75 (failure)",

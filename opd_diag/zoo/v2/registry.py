@@ -90,7 +90,10 @@ PAIRS2: tuple[Pair2, ...] = (
           demonstrates="Distilling a post-trained student back toward its base.",
           expected="v2-student-rl gained the long-list skill on top of v2-student-0; OPD toward "
           "its base (or the same-pipeline v2-student-0-long) should erase it.",
-          alt_teachers=("v2-student-0-long",), references=("v2-student-0",),
+          # reference: the same-pipeline sibling. The held-out verdict was recorded with the
+          # teacher itself as reference (distance 0 by construction), which run_preflight now
+          # refuses; docs/validation.md reports that row as a probe defect.
+          alt_teachers=("v2-student-0-long",), references=("v2-student-0-long",),
           # post-training moved mid (0.04 -> 0.32), not hard (0.00 -> 0.01): the outcome is
           # measured where the gain is (set when the models were built, before any OPD run)
           main_subset="mid"),

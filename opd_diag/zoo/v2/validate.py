@@ -9,10 +9,13 @@ metric is the gap recovery on the pair's main subset,
     recovery = (mean over seeds of acc_after - acc_before) / (acc_teacher - acc_before),
 
 with a 95 % percentile-bootstrap CI that resamples eval items (the same items for before, after
-and teacher). ``worked`` when the CI lies above ``cut``, ``failed`` when it lies below, else
-``undetermined``. For ``v2-reverse`` the teacher is the weaker base, so "recovery" is the share of
-the post-training gain lost toward it. Per-item results are kept in each run directory
-(``v2_eval.parquet``), so the table can be recomputed with another cut without re-running.
+and teacher), classified by the protocol's one rule (:mod:`opd_diag.zoo.outcomes`: ``worked``
+when the CI's lower end is >= 0.5, ``failed`` when its upper end is < 0.2 or the teacher is not
+ahead by > 0.05, else ``undetermined``; fewer than 3 seeds is ``undetermined``). For
+``v2-reverse`` the teacher is the weaker base, so the outcome is ``failed`` by that rule (nothing
+to gain) and "recovery" is the share of the post-training gain lost toward it. Per-item results
+are kept in each run directory (``v2_eval.parquet``) and committed as
+``reports/zoo-v2-eval-items.csv``, from which the outcome table is re-derived (and tested).
 
 Nothing here runs a pre-flight: the held-out pre-flight is run once, with frozen thresholds.
 """
@@ -26,16 +29,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..outcomes import bootstrap_recovery, classify
 from .registry import SUBSET_MAIN, get_pair, list_pairs, model_dir
 
-#: the one OPD budget every v2 pair gets: the zoo's OPD learning rate (``OPDHyper.lr``), 40 steps
-#: of 8 prompts x 4 samples (what a shared 2-core box allowed; docs/zoo.md). A first attempt at
-#: lr 1e-3 / 20 steps collapsed even v2-success (mid-length accuracy 0.80 -> 0.39), so it was
-#: dropped before any other pair was measured.
-BUDGET = {"objective": "reverse_kl", "steps": 40, "batch_prompts": 8, "n_samples": 4,
+#: the one OPD budget every v2 pair gets: the zoo's OPD learning rate (``OPDHyper.lr``), 100 steps
+#: of 8 prompts x 4 samples (what a 2-core box allows for 7 pairs x 3 seeds in one session;
+#: docs/zoo.md). History, all on the positive control ``v2-success`` only: lr 1e-3 / 20 steps
+#: collapsed it (mid 0.80 -> 0.39); 40 steps at 3e-4 did not move ``hard`` (recovery 0.03); a
+#: 150-step seed-0 pilot at 3e-4 gave hard-subset recovery -0.03 / 0.10 at steps 30 / 60. The
+#: budget is the instrument, not a threshold: no verdict line was touched.
+BUDGET = {"objective": "reverse_kl", "steps": 100, "batch_prompts": 8, "n_samples": 4,
           "lr": 3e-4, "schedule": "constant", "warmup_steps": 0, "temperature": 1.0}
-CUT = 0.5
-N_BOOT = 2000
 
 
 def _main_subset(pair) -> str:
@@ -104,75 +108,75 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int) -> Path:
     return out
 
 
-def bootstrap_recovery(before: np.ndarray, after_S_N: np.ndarray, teacher: np.ndarray,
-                       n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float]:
-    """Point gap recovery and its 95 % percentile-bootstrap CI over eval items.
-
-    ``before``/``teacher``: (N,) correctness; ``after_S_N``: (seeds, N). Items are resampled
-    jointly for all three, so the CI is paired. Returns NaNs when the gap is 0.
-    """
-    def rec(idx):
-        b, t = before[idx].mean(), teacher[idx].mean()
-        a = after_S_N[:, idx].mean()
-        return (a - b) / (t - b) if abs(t - b) > 1e-12 else np.nan
-
-    n = len(before)
-    point = rec(np.arange(n))
-    rng = np.random.default_rng(seed)
-    boots = np.array([rec(rng.integers(0, n, n)) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    if not np.isfinite(point) or len(boots) < n_boot // 2:
-        return float(point), float("nan"), float("nan")
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return float(point), float(lo), float(hi)
-
-
-def outcome(lo: float, hi: float, cut: float = CUT) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "undetermined"
-    return "worked" if lo > cut else "failed" if hi < cut else "undetermined"
-
-
-def summarize(root: str | Path, n_eval: int, cut: float = CUT) -> pd.DataFrame:
-    """One row per pair with every complete seed under ``root``."""
+def eval_items(root: str | Path, n_eval: int) -> pd.DataFrame:
+    """Per-item greedy correctness of every complete run under ``root``: one row per (pair, role,
+    seed, item) with role ``before`` (the student), ``teacher`` or ``after`` (seed = the OPD
+    seed; -1 for the baselines). This is what the outcome table is derived from, and what
+    ``reports/zoo-v2-eval-items.csv`` commits."""
     root = Path(root)
-    rows = []
+    frames = []
     for pair in list_pairs():
         runs = sorted(root.glob(f"{pair.name}-seed*/v2_eval.parquet"))
         if not runs:
             continue
+        parts = [("before", -1, _baseline(root, pair.name, "student", n_eval)),
+                 ("teacher", -1, _baseline(root, pair.name, "teacher", n_eval))]
+        parts += [("after", int(p.parent.name.rsplit("seed", 1)[1]), pd.read_parquet(p))
+                  for p in runs]
+        for role, seed, df in parts:
+            frames.append(pd.DataFrame({"pair": pair.name, "role": role, "seed": seed,
+                                        "subset": df.subset.to_numpy(),
+                                        "item": np.arange(len(df)),
+                                        "correct": df.correct.astype(int).to_numpy()}))
+    cols = ["pair", "role", "seed", "subset", "item", "correct"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def summarize_items(items: pd.DataFrame) -> pd.DataFrame:
+    """One outcome row per pair from :func:`eval_items`' table (the protocol's rule,
+    :mod:`opd_diag.zoo.outcomes`); pure, so a test can re-derive the committed table."""
+    rows = []
+    for name, g in items.groupby("pair", sort=False):
+        pair = get_pair(name)
         main = _main_subset(pair)
-        before = _baseline(root, pair.name, "student", n_eval)
-        teacher = _baseline(root, pair.name, "teacher", n_eval)
-        afters = [pd.read_parquet(p) for p in runs]
-        m = (before.subset == main).to_numpy()
-        after_S_N = np.stack([a.correct.to_numpy()[m] for a in afters]).astype(float)
-        point, lo, hi = bootstrap_recovery(before.correct.to_numpy()[m].astype(float), after_S_N,
-                                           teacher.correct.to_numpy()[m].astype(float))
-        seeds = [int(p.parent.name.rsplit("seed", 1)[1]) for p in runs]
-        row = {"pair": pair.name, "student": pair.student, "teacher": pair.teacher,
-               "template": pair.template, "main_subset": main, "n_eval_main": int(m.sum()),
+
+        def acc(role, sub, seed=None, g=g):
+            sel = g[(g.role == role) & (g.subset == sub)]
+            return sel if seed is None else sel[sel.seed == seed]
+
+        seeds = sorted(int(s) for s in g[g.role == "after"].seed.unique())
+        before = acc("before", main).sort_values("item").correct.to_numpy()
+        teacher = acc("teacher", main).sort_values("item").correct.to_numpy()
+        after_S_N = np.stack([acc("after", main, s).sort_values("item").correct.to_numpy()
+                              for s in seeds])
+        point, lo, hi = bootstrap_recovery(before, after_S_N, teacher)
+        row = {"pair": name, "student": pair.student, "teacher": pair.teacher,
+               "template": pair.template, "main_subset": main, "n_eval_main": len(before),
                "seeds": " ".join(map(str, seeds)), "n_seeds": len(seeds),
                **{f"budget_{k}": v for k, v in BUDGET.items()}}
         for sub in pair.subsets:
-            s = (before.subset == sub).to_numpy()
-            row[f"acc_before/{sub}"] = float(before.correct[s].mean())
-            row[f"acc_teacher/{sub}"] = float(teacher.correct[s].mean())
-            row[f"acc_after/{sub}"] = float(np.mean([a.correct[s].mean() for a in afters]))
-        per_seed = [(a.correct.to_numpy()[m].mean() - row[f"acc_before/{main}"])
-                    / (row[f"acc_teacher/{main}"] - row[f"acc_before/{main}"])
-                    if abs(row[f"acc_teacher/{main}"] - row[f"acc_before/{main}"]) > 1e-12
-                    else np.nan for a in afters]
-        row.update({"recovery": point, "recovery_ci_low": lo, "recovery_ci_high": hi,
-                    "recovery_per_seed": " ".join(f"{r:.3f}" for r in per_seed), "cut": cut,
-                    "outcome": outcome(lo, hi, cut)})
+            row[f"acc_before/{sub}"] = float(acc("before", sub).correct.mean())
+            row[f"acc_teacher/{sub}"] = float(acc("teacher", sub).correct.mean())
+            row[f"acc_after/{sub}"] = float(acc("after", sub).correct.mean())
+        gap = row[f"acc_teacher/{main}"] - row[f"acc_before/{main}"]
+        per_seed = [(r.mean() - before.mean()) / gap if abs(gap) > 1e-12 else np.nan
+                    for r in after_S_N]
+        row.update({"gap": gap, "recovery": point, "recovery_ci_low": lo, "recovery_ci_high": hi,
+                    "recovery_per_seed": " ".join(f"{r:.3f}" for r in per_seed),
+                    **classify(lo, hi, gap, len(seeds))})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def summarize(root: str | Path, n_eval: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(outcomes, items)`` for every complete seed under ``root``."""
+    items = eval_items(root, n_eval)
+    return summarize_items(items), items
+
+
 def validate(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
-             pairs: list[str] | None = None, n_eval: int = 100, workers: int = 2,
-             cut: float = CUT) -> pd.DataFrame:
+             pairs: list[str] | None = None, n_eval: int = 100,
+             workers: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every (pair, seed) OPD run (``workers`` processes, one thread each) and summarise."""
     root = Path(root)
     names = pairs or [p.name for p in list_pairs()]
@@ -183,7 +187,7 @@ def validate(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2
         futs = [pool.submit(run_one, root, n, s, n_eval) for n, s in jobs]
         for f in futs:
             print(f"[zoo-v2 validate] done: {f.result()}", flush=True)
-    return summarize(root, n_eval, cut)
+    return summarize(root, n_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,16 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--cut", type=float, default=CUT)
     ap.add_argument("--out", default="reports/zoo-v2-validation.csv")
+    ap.add_argument("--items", default="reports/zoo-v2-eval-items.csv",
+                    help="per-item correctness the outcomes are derived from (committed)")
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args(argv)
     if args.summarize_only:
-        df = summarize(args.runs, args.n_eval, args.cut)
+        df, items = summarize(args.runs, args.n_eval)
     else:
-        df = validate(args.runs, tuple(args.seeds), args.pairs, args.n_eval, args.workers, args.cut)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
+        df, items = validate(args.runs, tuple(args.seeds), args.pairs, args.n_eval, args.workers)
+    for path, table in ((args.out, df), (args.items, items)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(f"{path}.tmp", index=False)
+        Path(f"{path}.tmp").replace(path)
     print(df.T.to_string())
     print(json.dumps({"written": args.out, "rows": len(df)}))
     return 0

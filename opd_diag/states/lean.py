@@ -1,0 +1,116 @@
+"""A lean decode step for Llama-family students: the model's own modules, a static KV cache.
+
+Sampling is half of an OPD step on small models, and most of a decode step there is not
+arithmetic but the per-call machinery of a generic ``model(...)`` forward (argument handling,
+output capturing, a causal mask rebuilt every token, a KV cache grown by concatenation). For
+the decoder-only architectures listed in :data:`SUPPORTED`, :class:`LeanDecoder` runs one decode
+step by calling the model's *own* submodules (embedding, norms, q/k/v/o projections, q/k norms
+where the architecture has them, rotary embedding, MLP, LM head) in the order the model's
+``forward`` does, with keys and values written in place into preallocated tensors. The weights,
+the rotary code and the attention kernel (``scaled_dot_product_attention``) are the model's, so
+the logits are the model's up to floating-point effects of batching, and the samples for a
+seed are the same (``tests/test_rollout.py`` checks it on the zoo and on tiny random models).
+
+Anything outside that set (sliding-window attention in use, logit scaling/soft-capping,
+tensor-parallel layers, another architecture, a non-sdpa/eager attention implementation) is
+declined by :func:`lean_supported`, and the sampler falls back to the generic forward.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def lean_supported(model, max_len: int) -> str | None:
+    """``None`` when :class:`LeanDecoder` can drive ``model`` for ``max_len`` positions, else
+    the reason it cannot (the sampler then uses the generic forward)."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"architecture {kind!r} is not one of {SUPPORTED}"
+    if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        return f"attention implementation {cfg._attn_implementation!r}"
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and (kind == "mistral" or getattr(cfg, "use_sliding_window", False)) \
+            and window < max_len:
+        return f"sliding-window attention ({window} < {max_len} positions)"
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("logits_scaling", "pretraining_tp")):
+        return "logit scaling or tensor-parallel layers"
+    if getattr(cfg, "final_logit_softcapping", None) is not None:
+        return "logit soft-capping"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        return "not a *ForCausalLM with .model.layers and .lm_head"
+    if len(getattr(cfg, "layer_types", None) or []) and any(
+            t != "full_attention" for t in cfg.layer_types[: cfg.num_hidden_layers]):
+        return "layers other than full attention"
+    return None
+
+
+class LeanDecoder:
+    """Decode steps over a static KV cache seeded from a prefill's ``DynamicCache``.
+
+    Args:
+        model: a model :func:`lean_supported` accepts (eval mode; called under no_grad).
+        prefill: the cache after the prompt forward (``[B, kv_heads, P, head_dim]`` per layer).
+        mask: ``[B, P]`` attention mask of the (left-padded) prompt, 1 = a real token.
+        max_new: decode positions to allocate beyond the prompt.
+    """
+
+    def __init__(self, model, prefill, mask: torch.Tensor, max_new: int) -> None:
+        self.model, self.inner = model, model.model
+        self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
+        B, P = mask.shape
+        self.length = P
+        self.valid = torch.zeros((B, P + max_new), dtype=torch.bool, device=mask.device)
+        self.valid[:, :P] = mask.bool()
+        self.padded = not bool(self.valid[:, :P].all())
+        self.keys, self.values = [], []
+        for layer in prefill.layers[: len(self.layers)]:
+            k, v = layer.keys, layer.values
+            K = k.new_zeros((*k.shape[:2], P + max_new, k.shape[-1]))
+            V = v.new_zeros((*v.shape[:2], P + max_new, v.shape[-1]))
+            K[:, :, :P], V[:, :, :P] = k, v
+            self.keys.append(K)
+            self.values.append(V)
+        mod = sys.modules[type(self.layers[0].self_attn).__module__]
+        self._rotary = mod.apply_rotary_pos_emb
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` ``[B]`` at ``positions`` ``[B, 1]``; returns next-token logits ``[B, V]``."""
+        t = self.length
+        self.valid[:, t] = True
+        self.length = cur = t + 1
+        # like the generic forward: no mask when nothing is padded (q_len 1 attends everywhere)
+        mask = self.valid[:, None, None, :cur] if self.padded else None
+        h = self.inner.embed_tokens(tokens[:, None])
+        cos, sin = self.inner.rotary_emb(h, positions)
+        B = h.shape[0]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            shape = (B, 1, -1, attn.head_dim)
+            q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+            if hasattr(attn, "q_norm"):  # qwen3: per-head RMSNorm before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            v = attn.v_proj(x).view(shape).transpose(1, 2)
+            q, k = self._rotary(q, k, cos, sin)
+            self.keys[i][:, :, t] = k[:, :, 0]
+            self.values[i][:, :, t] = v[:, :, 0]
+            keys, values = self.keys[i][:, :, :cur], self.values[i][:, :, :cur]
+            groups = getattr(attn, "num_key_value_groups", 1)
+            if groups > 1:
+                keys = keys.repeat_interleave(groups, dim=1)
+                values = values.repeat_interleave(groups, dim=1)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                               scale=attn.scaling)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.model.lm_head(self.inner.norm(h))[:, -1]

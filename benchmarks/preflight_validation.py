@@ -107,8 +107,8 @@ def judge(row: dict, outcomes: pd.DataFrame, opd_run: str | None = None) -> dict
     (under the protocol, and provisionally on the single-seed outcomes)."""
     row = {k: v for k, v in row.items() if k not in OUTCOME_COLS
            and not k.startswith(("acc5d_", "gap_recovery_5d"))}
-    run = opd_run or OUTCOME_RUN.get(row["pair"])
-    if run and run in outcomes.index:
+    run = opd_run if isinstance(opd_run, str) else OUTCOME_RUN.get(row["pair"], row["pair"])
+    if run in outcomes.index:
         row["opd_run"] = run
         row.update(outcome_items(outcomes.loc[run]) if "recovery" in outcomes
                    else outcome(outcomes.loc[[run]]))

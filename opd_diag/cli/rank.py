@@ -15,8 +15,9 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run one pre-flight per candidate teacher on the same prompts and the same "
         "student rollouts (the student is sampled once), then order the candidates: verdict "
-        "first (GO, CAUTION, NO-GO), then the expected gain (the teacher - student accuracy gap "
-        "on the student's frontier), then the step-0 overlap ratio. Writes DIR/<teacher>/ (a "
+        "first (GO, CAUTION, NO-GO), then the expected gain (the reachable share of the teacher's "
+        "signal times the teacher - student accuracy gap on the student's frontier), then the "
+        "step-0 overlap ratio. Writes DIR/<teacher>/ (a "
         "pre-flight run each), DIR/ranking.csv (teacher, rank, verdict, expected_gain, each "
         "signal: novelty, overlap, rank-surprisal ratio, every condition) and DIR/report.html.\n\n"
         "Models are local HF directories or, with a zoo pair, zoo model names "

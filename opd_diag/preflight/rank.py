@@ -36,7 +36,8 @@ from .budgets import PreflightConfig
 from .rules import VERDICTS, Verdict
 from .run import run_preflight
 
-RANK_COLUMNS = ["teacher", "rank", "verdict", "expected_gain", "novelty_score", "novelty_ci_low",
+RANK_COLUMNS = ["teacher", "rank", "verdict", "expected_gain", "expected_gain_low",
+                "expected_gain_high", "reachable_share", "novelty_score", "novelty_ci_low",
                 "novelty_ci_high", "overlap_ratio", "rsr", "teacher_path", "run"]
 
 
@@ -86,12 +87,13 @@ def signals(name: str, verdict: Verdict) -> dict:
            "novelty_ci_low": lo, "novelty_ci_high": hi, "overlap_ratio": _overlap(run),
            "rsr": rank_surprisal_ratio(run), "teacher_path": run.meta["models"]["teacher"]["path"],
            "run": str(verdict.run)}
-    gain = [c for c in verdict.table.columns if c.startswith("expected_gap_recovery")]
-    row["expected_gain"] = score  # the frontier accuracy gap; a band, where the verdict has one:
-    for col in gain:
-        vals = verdict.table[col].dropna()
-        if len(vals):
-            row[col] = vals.iloc[0]
+    # the expected effect's band (rules.expected_effect): the reachable share of the teacher's
+    # signal times the frontier accuracy gap and its CI; without a reachability statistic, the gap
+    reach = verdict.table.set_index("condition").value.get("reachability", np.nan)
+    share = 1.0 - float(reach) if reach == reach else 1.0
+    row.update({"expected_gain": share * score, "expected_gain_low": share * lo,
+                "expected_gain_high": share * hi, "reachable_share": share if reach == reach
+                else np.nan})
     for _, cond in verdict.table.iterrows():
         row[f"{cond.condition}: {cond.metric}"] = cond.value
         row[f"{cond.condition}: status"] = cond.status

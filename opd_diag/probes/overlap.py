@@ -39,13 +39,19 @@ METRICS = ("overlap_ratio", "overlap_mass_s", "overlap_mass_t", "eq7_advantage",
            "entropy_gap", "H_s", "H_t", "sampled_rkl", "rkl", "fkl", "topk_mass_s", "topk_mass_t")
 
 
-def state_metrics(states: pd.DataFrame) -> pd.DataFrame:
-    """Per-state overlap metrics (one row per states row) from the captured top-k lists."""
-    ids_s = torch.from_numpy(stack_list_column(states, "topk_ids_s").astype(np.int64))
-    ids_t = torch.from_numpy(stack_list_column(states, "topk_ids_t").astype(np.int64))
-    lp_s = torch.from_numpy(stack_list_column(states, "topk_logp_s").astype(np.float32))
-    lq_on_s = torch.from_numpy(stack_list_column(states, "logp_t_on_topk_s").astype(np.float32))
-    lq_t = torch.from_numpy(stack_list_column(states, "topk_logp_t").astype(np.float32))
+def state_metrics(states: pd.DataFrame, topk: dict[str, np.ndarray] | None = None
+                  ) -> pd.DataFrame:
+    """Per-state overlap metrics (one row per states row) from the captured top-k lists.
+
+    ``topk`` may hold the five top-k columns as ``[N, k]`` arrays already (the OPD loop has them
+    from the capture), which skips building and re-stacking list columns."""
+    def col(name, dtype):
+        arr = topk[name] if topk is not None else stack_list_column(states, name)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
+
+    ids_s, ids_t = col("topk_ids_s", np.int64), col("topk_ids_t", np.int64)
+    lp_s, lq_on_s = col("topk_logp_s", np.float32), col("logp_t_on_topk_s", np.float32)
+    lq_t = col("topk_logp_t", np.float32)
     s_in_t, t_in_s = topk_membership(ids_s, ids_t)
     k = ids_s.shape[1]
     mass_s, mass_t = overlap_masses(lp_s, s_in_t, lq_t, t_in_s)

@@ -346,7 +346,7 @@ def _batch_sums(rollouts: pd.DataFrame, parts: list, loss_sum: float) -> list[fl
     out = [len(rollouts), int(rollouts.n_tokens.sum()), int((rollouts.stop_reason == "length").sum()),
            float(checked.sum()), len(checked)]
     if parts:
-        values = state_metrics(_state_frame([sc for sc, _ in parts]))[list(_MEANS)]
+        values = state_metrics(*_state_frame([sc for sc, _ in parts]))[list(_MEANS)]
         values = values.to_numpy(np.float64)
     else:
         values = np.empty((0, len(_MEANS)))
@@ -356,14 +356,13 @@ def _batch_sums(rollouts: pd.DataFrame, parts: list, loss_sum: float) -> list[fl
     return [*out, loss_sum]
 
 
-def _state_frame(scored: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    """The states columns ``state_metrics`` reads, straight from the captured arrays (ids are
-    batch-row numbers: the metrics are averaged, never grouped, here)."""
+def _state_frame(scored: list[dict[str, np.ndarray]]) -> tuple[pd.DataFrame, dict]:
+    """The scalar states columns ``state_metrics`` reads and its top-k arrays, straight from the
+    captured arrays (ids are batch-row numbers: the metrics are averaged, never grouped, here)."""
     cat = {name: np.concatenate([sc[name] for sc in scored]) for name in scored[0]}
     cols = {"rollout_id": cat["row"], "step": 0, "t": cat["t"], "T": 0}
     cols.update({name: cat[name] for name in ("logp_s", "logp_t", "H_s", "H_t", "rkl", "fkl")})
-    cols.update({name: list(cat[name]) for name in _LIST_COLUMNS})
-    return pd.DataFrame(cols)
+    return pd.DataFrame(cols), {name: cat[name] for name in _LIST_COLUMNS}
 
 
 def _scalars(sums: list[float]) -> dict:

@@ -473,8 +473,9 @@ def render(df: pd.DataFrame, split: str = "in-sample") -> str:
                   ", one fixed OPD budget, >= 3 seeds), joined with `--rejudge` without re-running "
                   "a pre-flight. Nothing here was used to set a threshold.", ""]
     lines += [f"**{split} agreement under the protocol:** {_count(judged, 'agreement')}.", "",
-              f"**Provisional agreement** (single-seed OPD outcomes, CI from eval items only — not "
-              f"the protocol's >= 3 seeds): {_count(judged, 'agreement_provisional')}.", "",
+              f"**Provisional agreement** (outcomes from however many OPD seeds each pair has, "
+              f"even fewer than the protocol's 3; the same as above when every pair has 3): "
+              f"{_count(judged, 'agreement_provisional')}.", "",
               markdown_table(first[[c for c in main_cols if c in first]]), ""]
     bad = ["disagree", "hedge"]
     wrong = judged[judged.get("agreement", pd.Series(dtype=str)).isin(bad)
@@ -488,7 +489,9 @@ def render(df: pd.DataFrame, split: str = "in-sample") -> str:
                          f" but OPD {r.outcome} (protocol; provisional {r.outcome_provisional}, "
                          f"{int(r.opd_seeds)} seed(s)): gap recovery {r.gap_recovery:.2f} on "
                          f"{r.outcome_subset}, 95% CI [{r.gap_recovery_ci_low:.2f}, "
-                         f"{r.gap_recovery_ci_high:.2f}].")
+                         f"{r.gap_recovery_ci_high:.2f}]"
+                         + (f"; {r.outcome_note}." if isinstance(r.get("outcome_note"), str)
+                            and r.outcome_note else "."))
     else:
         lines.append("None.")
     lines += ["", "## Margins (seed 0)", "", "Distance of each statistic to its nearest line "

@@ -212,14 +212,19 @@ def _answer_verifier(text, answer):
 
 @pytest.fixture(scope="module")
 def identical_preflight(same_pair, tmp_path_factory):
+    import shutil
+
     pair = load_pair(*same_pair)
+    # the same weights in another directory: a reference at the teacher's own path is refused
+    # (tests/test_preflight_cli.py); a copy keeps every distance 0 and the ratio undefined
+    copy = shutil.copytree(same_pair[0], tmp_path_factory.mktemp("ref") / "m")
     prompts = validate_prompts(pd.DataFrame({"prompt": [f"w{i} w{i + 1} w{i + 2}" for i in range(6)],
                                              "answer": [f"w{i + 3}" for i in range(6)]}))
     cfg = PreflightConfig(n_prompts=6, n_samples=2, max_new_tokens=10, depths=(0.0, 0.5),
                           max_continuation_rollouts=6)
     return run_preflight(pair, prompts, tmp_path_factory.mktemp("pf") / "run", config=cfg,
                          verifier=_answer_verifier,
-                         references={"self": pair.student})
+                         references={"copy": load_pair(copy, copy).student})
 
 
 def test_identical_models_compatible_and_not_novel(identical_preflight):
@@ -364,6 +369,10 @@ def test_a_fallback_novelty_without_an_interval_cannot_decide(rate):
                max_new_tokens=100).set_index("condition")
     assert t.status["teacher novelty"] == "CAUTION"
     assert "no confidence interval" in t.rule["teacher novelty"]
+    # the same numbers from the two-phase estimator are a real (zero-width) interval: it decides
+    t = decide(*_probe_tables(compat=0.99, nov=(rate, rate, rate), estimand="two_phase_ipw"),
+               Thresholds(), max_new_tokens=100).set_index("condition")
+    assert t.status["teacher novelty"] == ("NO-GO" if rate == 0.0 else "GO")
 
 
 def test_expected_effect_band_and_when_it_cannot_be_estimated():

@@ -25,7 +25,7 @@ def test_phenomena_markdown_matches_its_tables():
     df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
     val = pd.read_csv(REPORTS / "zoo-validation.csv")
     assert (REPORTS / "zoo-phenomena.md").read_text() == render(df, val)
-    assert set(df.reproduced) <= {"yes", "no", "not run"}
+    assert set(df.reproduced) <= {"yes", "no", "partial", "undetermined", "not run"}
     assert list(df.id) == list(range(1, 19))
     # the success claim in the table is the number in the validation table
     success = val.set_index("run").loc["opd-success"]
@@ -62,3 +62,56 @@ def test_partial_rerun_merges_into_the_committed_tables():
     assert merged.ours.tolist() == ["measured", "new", NOT_RUN]  # 1 was not re-run: kept
     assert merged.reproduced.tolist() == ["yes", "yes", NOT_RUN]
     assert list(merged.columns) == cols
+
+
+@pytest.mark.skipif(not (REPORTS / "zoo-v2-dynamics.csv").exists(), reason="no committed report")
+def test_phenomena_v2_columns_rederived_from_committed_tables():
+    from opd_diag.zoo.phenomena import V2_COLUMNS, apply_v2, collect_v2
+
+    df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
+    v2 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"))
+    pd.testing.assert_frame_equal(apply_v2(df, v2)[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
+    # a hand-edited dynamics table changes the derived result
+    dyn = pd.read_csv(REPORTS / "zoo-v2-dynamics.csv")
+    dyn.loc[dyn.pair == "v2-long-horizon", "overlap_mass_min"] = 0.5
+    edited = collect_v2(dyn, pd.read_csv(REPORTS / "zoo-v2-validation.csv")).set_index("id")
+    assert edited.loc[1, "v2 result"] != "yes"
+
+
+@pytest.mark.skipif(not (REPORTS / "zoo-v2-sweep.csv").exists(), reason="no committed report")
+def test_sweep_claims_rederived_from_items():
+    from opd_diag.zoo.phenomena import SWEEP_IDS, apply_sweep
+    from opd_diag.zoo.v2.sweep import claims
+
+    items = pd.read_csv(REPORTS / "zoo-v2-sweep-items.csv")
+    committed = pd.read_csv(REPORTS / "zoo-v2-sweep.csv")
+    pd.testing.assert_frame_equal(claims(items), committed, check_dtype=False)
+    df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
+    again = apply_sweep(df, committed)
+    sel = df.id.isin(SWEEP_IDS)
+    assert again[sel].reproduced.tolist() == df[sel].reproduced.tolist()
+    # flipping a variant's answers changes the claims
+    flipped = items.copy()
+    mask = flipped.variant == "topk16-intersection"
+    flipped.loc[mask, "correct"] = 1 - flipped.loc[mask, "correct"]
+    assert not claims(flipped).equals(committed)
+
+
+def test_sweep_judge_rules():
+    from opd_diag.zoo.v2.sweep import EQUIV, judge, phenomenon_status
+
+    assert judge("equal", 0.02, -0.08, 0.12, True) == "holds"
+    assert judge("equal", 0.02, -0.08, 0.12, False) == "undetermined"  # reference never learned
+    assert judge("equal", 0.3, 0.18, 0.42, True) == "fails"
+    assert judge("equal", 0.1, -0.05, 0.25, True) == "undetermined"
+    assert judge("worse", -0.2, -0.3, -0.1, True) == "holds"
+    assert judge("worse", 0.0, -EQUIV + 0.01, 0.1, True) == "fails"
+    assert judge("worse", -0.1, -0.25, 0.05, True) == "undetermined"
+    with pytest.raises(ValueError, match="unknown relation"):
+        judge("better", 0, 0, 0, True)
+    assert phenomenon_status(["holds", "holds"]) == "yes"
+    assert phenomenon_status(["holds", "fails"]) == "partial"
+    assert phenomenon_status(["fails", "undetermined"]) == "no"
+    assert phenomenon_status(["undetermined"]) == "undetermined"
+    assert phenomenon_status(["not run", "not run"]) == "not run"

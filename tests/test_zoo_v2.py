@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from opd_diag.core.errors import OpdDiagError  # noqa: E402
 from opd_diag.tasks import get_task  # noqa: E402
 from opd_diag.zoo import ZOO_DIR, get_pair, get_spec, list_pairs, model_dir, pairs_table  # noqa: E402
+from opd_diag.zoo.outcomes import bootstrap_recovery, classify  # noqa: E402
 from opd_diag.zoo.v2 import SUBSETS2, ZOO2_DIR, list_models  # noqa: E402
 from opd_diag.zoo.v2 import list_pairs as list_pairs_v2  # noqa: E402
 from opd_diag.zoo.v2.tokenizer import (  # noqa: E402
@@ -24,7 +25,6 @@ from opd_diag.zoo.v2.tokenizer import (  # noqa: E402
     token_id,
     vocab_size,
 )
-from opd_diag.zoo.v2.validate import bootstrap_recovery, outcome  # noqa: E402
 
 TASK = get_task("sort")
 BUILT = [m for m in list_models() if (ZOO2_DIR / m / "config.json").exists()]
@@ -236,6 +236,10 @@ def test_quick_build_smoke(tmp_path) -> None:
 # --- the outcome statistics ------------------------------------------------------------------
 
 
+def outcome(lo: float, hi: float, gap: float = 0.7, n_seeds: int = 3) -> str:
+    return classify(lo, hi, gap, n_seeds)["outcome"]
+
+
 def test_bootstrap_recovery_and_outcome() -> None:
     rng = np.random.default_rng(0)
     before = (rng.random(200) < 0.2).astype(float)
@@ -250,6 +254,7 @@ def test_bootstrap_recovery_and_outcome() -> None:
     assert point == pytest.approx(0.5) and outcome(lo, hi) == "undetermined"
     point, lo, hi = bootstrap_recovery(before, np.stack([before]), before, n_boot=50)
     assert np.isnan(point) and outcome(lo, hi) == "undetermined"
+    assert outcome(lo, hi, gap=0.0) == "failed"  # the teacher is not ahead: nothing to recover
 
 
 def test_zoo_list_fits_100_columns(capsys):

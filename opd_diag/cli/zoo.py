@@ -1,4 +1,4 @@
-"""``opd-diag zoo list | build | validate``: the model-organism zoo from the command line."""
+"""``opd-diag zoo list | build | validate | sweep``: the model-organism zoo from the command line."""
 
 from __future__ import annotations
 
@@ -44,6 +44,43 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="v2: OPD seeds (default 0 1 2)")
     p.add_argument("--n-eval", type=int, default=100, help="v2: eval items per subset (default 100)")
     p.set_defaults(func=cmd_validate)
+    from ..zoo.v2.sweep import SWEEP_PAIR, VARIANTS
+
+    p = zsub.add_parser("sweep", help="objective / support-size / length sweep on a zoo-v2 pair "
+                        "(paper phenomena #7, #8, #14)",
+                        description=f"One OPD run of {SWEEP_PAIR} per variant at the v2 budget "
+                        "with one change each (top-k strategy, support size, sampled-token, "
+                        "max length), OPD seed 0, complete runs reused; each claim is a paired "
+                        "bootstrap comparison of two variants' accuracy on the same eval items "
+                        "(rules in opd_diag/zoo/v2/sweep.py). Writes reports/zoo-v2-sweep.csv and "
+                        "its per-item table, then re-scores rows 7, 8, 14 of "
+                        "reports/zoo-phenomena.{csv,md}.")
+    p.add_argument("--runs", default="runs/zoo-v2", help="runs directory (default runs/zoo-v2)")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"subset of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
+    p.add_argument("--n-eval", type=int, default=100, help="eval items per subset (default 100)")
+    p.add_argument("--reports", default="reports", help="where the tables go (default reports)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from ..zoo import phenomena
+    from ..zoo.v2.sweep import sweep
+
+    claims, items = sweep(args.runs, args.n_eval, args.workers, args.variants)
+    out = Path(args.reports)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, t in (("zoo-v2-sweep.csv", claims), ("zoo-v2-sweep-items.csv", items)):
+        t.to_csv(out / f"{name}.tmp", index=False)
+        (out / f"{name}.tmp").replace(out / name)
+    print(claims.to_string())
+    if (out / "zoo-phenomena.csv").is_file():
+        return phenomena.main(["--out", str(out), "--sweep", str(out / "zoo-v2-sweep.csv"),
+                               "--sweep-only"])
+    return 0
 
 
 def cmd_list(args) -> int:

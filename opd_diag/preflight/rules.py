@@ -215,7 +215,10 @@ def decide(thinking: pd.DataFrame, reach: pd.DataFrame, novelty: pd.DataFrame | 
         note = ""
         if estimand == "two_phase_settled_as_zero" and status == "NO-GO":
             status, note = "CAUTION", "; settled prompts were not re-sampled (biased to 0)"
-        if status != "CAUTION" and not hi > lo:  # a fallback with no interval: undecidable
+        # the exclusive-solve fallback has no interval (lo = hi = the rate): undecidable. A
+        # zero-width CI of an estimator that has one (identical models) is a real interval.
+        if status != "CAUTION" and (estimand == "teacher_exclusive_solve_rate"
+                                    or not (np.isfinite(lo) and np.isfinite(hi))):
             status, note = "CAUTION", (f"; {estimand} has no confidence interval, so it cannot "
                                        "decide (raise --budget for the two-phase estimate)")
         add("teacher novelty", "novelty_score", n, status,

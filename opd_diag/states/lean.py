@@ -12,8 +12,8 @@ the logits are the model's up to floating-point effects of batching, and the sam
 seed are the same (``tests/test_rollout.py`` checks it on the zoo and on tiny random models).
 
 Anything outside that set (sliding-window attention in use, logit scaling/soft-capping,
-tensor-parallel layers, another architecture, a non-sdpa/eager attention implementation) is
-declined by :func:`lean_supported`, and the sampler falls back to the generic forward.
+tensor-parallel layers, attention dropout in training mode, another architecture, a
+non-sdpa/eager attention implementation) is declined by :func:`lean_supported`, and the sampler falls back to the generic forward.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def lean_supported(model, max_len: int) -> str | None:
         return "logit scaling or tensor-parallel layers"
     if getattr(cfg, "final_logit_softcapping", None) is not None:
         return "logit soft-capping"
+    if model.training and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
+        return "attention dropout in training mode"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
         return "not a *ForCausalLM with .model.layers and .lm_head"

@@ -41,8 +41,13 @@ def classify(lo: float, hi: float, gap: float, n_seeds: int) -> dict:
     else:
         result = "undetermined"
     protocol = n_seeds >= MIN_SEEDS
+    notes = []
+    if not gap > MIN_GAP:
+        notes.append(f"teacher not ahead (gap {gap:+.2f} <= {MIN_GAP}); recovery is meaningless")
+    if not protocol:
+        notes.append(f"{n_seeds} OPD seed(s) < {MIN_SEEDS}")
     return {"outcome_provisional": result, "outcome": result if protocol else "undetermined",
-            "outcome_note": "" if protocol else f"{n_seeds} OPD seed(s) < {MIN_SEEDS}"}
+            "outcome_note": "; ".join(notes)}
 
 
 def agrees(verdict: str, result: str) -> str:

@@ -77,8 +77,12 @@ def _baseline(root: Path, pair_name: str, role: str, n_eval: int) -> pd.DataFram
     return df
 
 
-def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int) -> Path:
-    """One OPD run of ``pair_name`` at ``seed`` (reused when complete) and its per-item eval."""
+def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
+            overrides: dict | None = None, tag: str = "") -> Path:
+    """One OPD run of ``pair_name`` at ``seed`` (reused when complete) and its per-item eval.
+
+    ``overrides`` change the budget for a sweep (:mod:`.sweep`); such a run is named
+    ``{pair}-{tag}-seed{seed}`` so it never counts as a protocol run of the pair."""
     import torch
 
     from ...core.models import load_pair
@@ -89,7 +93,9 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int) -> Path:
 
     torch.set_num_threads(1)
     root = Path(root)
-    out = root / f"{pair_name}-seed{seed}"
+    if overrides and not tag:
+        raise ValueError("a run with budget overrides needs a tag")
+    out = root / (f"{pair_name}-{tag}-seed{seed}" if tag else f"{pair_name}-seed{seed}")
     result = out / "v2_eval.parquet"
     if result.is_file():
         return out
@@ -98,9 +104,10 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int) -> Path:
     cfg = resolve_config(preset="cpu-zoo", overrides={
         **BUDGET, "seed": seed, "eval_every": 0, "ckpt_every": 0, "keep_checkpoints": 1,
         "states_every": 10, "checker": f"task:{pair.task}",
-        "max_new_tokens": pair.hyper.max_new_tokens})
+        "max_new_tokens": pair.hyper.max_new_tokens, **(overrides or {})})
     train(loaded, validate_prompts(pair.prompts(1024)), out, cfg, overwrite=True, progress=False,
-          extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed}})
+          extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed, "tag": tag,
+                                            "overrides": overrides or {}}})
     final = list_checkpoints(out)[-1]
     df = score(final, pair, n_eval)
     df.to_parquet(out / "v2_eval.tmp")

@@ -1,0 +1,197 @@
+"""Objective, support-size and length sweeps on one v2 pair: the paper's phenomena #7, #8, #14.
+
+Every variant is one OPD run of :data:`SWEEP_PAIR` at the v2 protocol budget
+(:data:`~.validate.BUDGET`) with one change (:data:`VARIANTS`), OPD seed 0, scored greedily on the
+same eval items as the protocol runs (``reports/zoo-v2-eval-items.csv``). Each claim is a paired
+comparison of two variants' accuracy on the main subset (:data:`CLAIMS`): the 95 % bootstrap CI
+of the difference (resampling eval items) decides whether the claim **holds**, **fails** or is
+**undetermined**, by rules fixed here before any sweep run existed:
+
+* ``equal`` ("≈"): holds when the CI lies inside ±:data:`EQUIV`; fails when the CI excludes 0
+  and the point difference is beyond ±:data:`EQUIV`;
+* ``worse``: holds when the CI's upper end is < 0; fails when its lower end is > −:data:`EQUIV`
+  (shown not to be meaningfully worse);
+* an ``equal`` claim whose reference variant did not learn (its accuracy gain over the student
+  has a CI reaching 0) is **undetermined**: two runs that both stay at the start are "equal" for
+  no interesting reason.
+
+A phenomenon is ``yes`` when all its halves hold, ``partial`` when some hold and some fail or are
+undetermined, ``no`` when none holds and at least one fails, ``undetermined`` otherwise.
+``python -m opd_diag.zoo.v2.sweep`` runs the variants and writes ``reports/zoo-v2-sweep.csv``
+(the claims) and ``reports/zoo-v2-sweep-items.csv`` (per-item correctness they are derived from).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .registry import get_pair
+from .validate import _baseline, _main_subset, run_one
+
+#: the v2 pair that moves at the protocol budget (3-seed recovery 0.51 [0.38, 0.64] on ``hard``)
+SWEEP_PAIR = "v2-long-horizon"
+SEED = 0
+_TOPK = {"objective": "topk", "top_k": 16, "strategy": "only_stu", "weighting": "student_p"}
+#: variant -> budget overrides; ``reverse_kl`` is the protocol run itself (no overrides)
+VARIANTS: dict[str, dict] = {
+    "reverse_kl": {},
+    "topk16-only_stu": _TOPK,
+    "topk16-intersection": {**_TOPK, "strategy": "intersection"},
+    "topk16-symdiff": {**_TOPK, "strategy": "union-intersection"},
+    "topk4-only_stu": {**_TOPK, "top_k": 4},
+    "sampled_token": {"objective": "sampled_token", "top_k": 0},
+    "maxlen256": {"max_new_tokens": 256},
+    "maxlen448": {"max_new_tokens": 448},
+}
+#: the equivalence margin on accuracy differences (fixed before the sweep ran)
+EQUIV = 0.15
+#: (phenomenon id, half, variant, reference, relation)
+CLAIMS: tuple[tuple[int, str, str, str, str], ...] = (
+    (7, "intersection ≈ student top-k", "topk16-intersection", "topk16-only_stu", "equal"),
+    (7, "symmetric difference worse than student top-k", "topk16-symdiff", "topk16-only_stu",
+     "worse"),
+    (8, "sampled-token ≈ top-16", "sampled_token", "topk16-only_stu", "equal"),
+    (8, "top-4 ≈ top-16", "topk4-only_stu", "topk16-only_stu", "equal"),
+    (14, "a cap that cuts the traces (256) is worse than 320", "maxlen256", "reverse_kl", "worse"),
+    (14, "a long cap (448) is worse than 320 (long runs collapse)", "maxlen448", "reverse_kl",
+     "worse"),
+)
+N_BOOT = 2000
+
+
+def run_dir(root: Path, variant: str) -> Path:
+    tag = "" if variant == "reverse_kl" else variant
+    return root / (f"{SWEEP_PAIR}-{tag}-seed{SEED}" if tag else f"{SWEEP_PAIR}-seed{SEED}")
+
+
+def _run(root: str, variant: str, n_eval: int) -> Path:
+    overrides = VARIANTS[variant]
+    return run_one(root, SWEEP_PAIR, SEED, n_eval, overrides=overrides or None,
+                   tag="" if variant == "reverse_kl" else variant)
+
+
+def items(root: str | Path, n_eval: int) -> pd.DataFrame:
+    """Per-item correctness on the main subset: the student (``before``), the teacher, and every
+    complete variant run."""
+    root = Path(root)
+    pair = get_pair(SWEEP_PAIR)
+    main = _main_subset(pair)
+    parts = {"before": _baseline(root, SWEEP_PAIR, "student", n_eval),
+             "teacher": _baseline(root, SWEEP_PAIR, "teacher", n_eval)}
+    for v in VARIANTS:
+        path = run_dir(root, v) / "v2_eval.parquet"
+        if path.is_file():
+            parts[v] = pd.read_parquet(path)
+    frames = [pd.DataFrame({"pair": SWEEP_PAIR, "variant": name, "seed": SEED, "subset": main,
+                            "item": np.arange(int((df.subset == main).sum())),
+                            "correct": df[df.subset == main].correct.astype(int).to_numpy()})
+              for name, df in parts.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _paired_diff_ci(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    idx = rng.integers(0, n, (N_BOOT, n))
+    boots = a[idx].mean(1) - b[idx].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def judge(relation: str, point: float, lo: float, hi: float, reference_learned: bool) -> str:
+    """``holds`` / ``fails`` / ``undetermined`` for one half (the module docstring's rules)."""
+    if relation == "equal":
+        if not reference_learned:
+            return "undetermined"
+        if -EQUIV <= lo and hi <= EQUIV:
+            return "holds"
+        if (lo > 0 or hi < 0) and abs(point) > EQUIV:
+            return "fails"
+        return "undetermined"
+    if relation == "worse":
+        if hi < 0:
+            return "holds"
+        if lo > -EQUIV:
+            return "fails"
+        return "undetermined"
+    raise ValueError(f"unknown relation {relation!r}")
+
+
+def claims(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim half, derived from the per-item table (pure: the tests re-derive the
+    committed ``reports/zoo-v2-sweep.csv`` with it)."""
+    acc = {v: g.sort_values("item").correct.to_numpy(float) for v, g in table.groupby("variant")}
+    before = acc["before"]
+    rows = []
+    for pid, half, var, ref, rel in CLAIMS:
+        row = {"id": pid, "half": half, "variant": var, "reference": ref, "relation": rel}
+        if var not in acc or ref not in acc:
+            rows.append(row | {"result": "not run"})
+            continue
+        gain, glo, _ = _paired_diff_ci(acc[ref], before)
+        point, lo, hi = _paired_diff_ci(acc[var], acc[ref])
+        rows.append(row | {"acc_before": before.mean(), "acc_teacher": acc["teacher"].mean(),
+                           "acc_variant": acc[var].mean(), "acc_reference": acc[ref].mean(),
+                           "reference_gain_ci_low": glo, "diff": point, "diff_ci_low": lo,
+                           "diff_ci_high": hi,
+                           "result": judge(rel, point, lo, hi, reference_learned=glo > 0)})
+    return pd.DataFrame(rows)
+
+
+def phenomenon_status(results: list[str]) -> str:
+    """``yes`` / ``partial`` / ``no`` / ``undetermined`` / ``not run`` from a claim's halves."""
+    if not results or all(r == "not run" for r in results):
+        return "not run"
+    if all(r == "holds" for r in results):
+        return "yes"
+    if any(r == "holds" for r in results):
+        return "partial"
+    return "no" if any(r == "fails" for r in results) else "undetermined"
+
+
+def sweep(root: str | Path = "runs/zoo-v2", n_eval: int = 100, workers: int = 2,
+          variants: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    names = variants or list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(_run, str(root), v, n_eval) for v in names]:
+            print(f"[zoo-v2 sweep] done: {f.result()}", flush=True)
+    table = items(root, n_eval)
+    return claims(table), table
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/zoo-v2")
+    ap.add_argument("--variants", nargs="*", help=f"default: all of {list(VARIANTS)}")
+    ap.add_argument("--n-eval", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default="reports/zoo-v2-sweep.csv")
+    ap.add_argument("--items", default="reports/zoo-v2-sweep-items.csv")
+    ap.add_argument("--summarize-only", action="store_true")
+    args = ap.parse_args(argv)
+    if args.summarize_only:
+        table = items(args.runs, args.n_eval)
+        df = claims(table)
+    else:
+        df, table = sweep(args.runs, args.n_eval, args.workers, args.variants)
+    for path, t in ((args.out, df), (args.items, table)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        t.to_csv(f"{path}.tmp", index=False)
+        Path(f"{path}.tmp").replace(path)
+    print(df.to_string())
+    print(json.dumps({"written": args.out, "claims": len(df)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

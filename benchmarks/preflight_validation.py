@@ -211,7 +211,11 @@ def redecide(pf: Path) -> dict:
     """Re-judge a stored pre-flight run with the current thresholds (probes re-run, no sampling)."""
     from opd_diag.core.runs import load_run
     from opd_diag.preflight import PreflightConfig, decide, overall
-    from opd_diag.preflight.truncation import truncation_row, verdict_with_truncation
+    from opd_diag.preflight.truncation import (
+        GUARD_VERSION,
+        truncation_row,
+        verdict_with_truncation,
+    )
     from opd_diag.probes import run_probe
 
     old = json.loads((pf / "verdict.json").read_text())
@@ -226,7 +230,8 @@ def redecide(pf: Path) -> dict:
     table = pd.concat([table, pd.DataFrame([trunc])], ignore_index=True)
     return {"verdict": verdict_with_truncation(table, overall(table)),
             "conditions": table.to_dict(orient="records"), "seconds": old["seconds"],
-            "thresholds": {"version": cfg.thresholds.version}}
+            "thresholds": {"version": cfg.thresholds.version},
+            "truncation": {"guard_version": GUARD_VERSION}}
 
 
 def margins(df: pd.DataFrame) -> pd.DataFrame:
@@ -384,6 +389,8 @@ def main() -> None:
                    "exit_code": code if code is not None else
                    {"GO": 0, "CAUTION": 3, "NO-GO": 4}[verdict["verdict"]],
                    "thresholds_version": verdict["thresholds"].get("version", "v1"),
+                   # guard 2 stops counting looping rollouts (preflight/truncation.py)
+                   "truncation_guard": verdict.get("truncation", {}).get("guard_version", 1),
                    "preflight_seconds": round(wall, 1)}
             for c in verdict["conditions"]:
                 v = c["value"]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from opd_diag.cli import main
+from opd_diag.core.errors import OpdDiagError
 from opd_diag.core.runs import load_run
 from opd_diag.preflight.rank import order, rank_surprisal_ratio
 
@@ -91,3 +92,13 @@ def test_bad_input_exits_2(argv, phrase, tmp_path, capsys):
     assert main(["--quiet", "rank-teachers", *argv, "--out", str(tmp_path / "r")]) == 2
     assert phrase in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_model_names_of_both_zoo_families_resolve():
+    from opd_diag.cli.rank import _model_path
+    from opd_diag.zoo import model_dir
+
+    assert _model_path("teacher-a") == model_dir("teacher-a")
+    assert _model_path("v2-teacher-a") == model_dir("v2-teacher-a")  # zoo v2 names too
+    with pytest.raises(OpdDiagError, match="neither a model directory"):
+        _model_path("v3-teacher")

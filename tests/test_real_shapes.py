@@ -115,6 +115,32 @@ def test_truncation_rule_is_per_model_and_overrides():
     assert truncation_row({"student": rolls(3), "teacher": None}, 64)["status"] == "CAUTION"
 
 
+def test_truncation_guard_does_not_count_looping_rollouts():
+    from opd_diag.preflight.truncation import is_looping, looping_shares
+
+    rng = np.random.default_rng(0)
+    loop = [5, 9] + [34] * 200  # "34 34 34 ..." to the cap: the model would never finish
+    cycle = list(rng.integers(0, 300, 40)) + [7, 8, 9] * 60  # a short cycle also loops
+    prose = list(rng.integers(0, 300, 202))  # cut off mid-text: the cap is too short
+    assert is_looping(loop) and is_looping(cycle) and not is_looping(prose)
+    assert not is_looping([34] * 10)  # shorter than the window: never called a loop
+
+    def rolls(n_loop, n_cut, n=20):
+        ids = [loop] * n_loop + [prose] * n_cut + [prose[:50]] * (n - n_loop - n_cut)
+        stop = ["length"] * (n_loop + n_cut) + ["eos"] * (n - n_loop - n_cut)
+        return pd.DataFrame({"stop_reason": stop, "completion_ids": ids})
+
+    looping = truncation_row({"student": rolls(8, 1), "teacher": rolls(0, 0)}, 202)
+    assert looping["status"] == "GO" and looping["value"] == pytest.approx(0.05)
+    assert "looping to the cap, not counted" in looping["rule"] and "student 40%" in looping["rule"]
+    assert looping_shares({"student": rolls(8, 1)}) == {"student": pytest.approx(0.4)}
+    cut = truncation_row({"student": rolls(8, 3), "teacher": rolls(0, 0)}, 202)
+    assert cut["status"] == "CAUTION" and cut["value"] == pytest.approx(0.15)
+    # a table without token ids (guard version 1's input) counts every capped rollout
+    no_ids = rolls(8, 1).drop(columns="completion_ids")
+    assert truncation_row({"student": no_ids}, 202)["value"] == pytest.approx(0.45)
+
+
 def test_train_two_steps_bf16_autocast(loaded, qwen_prompts, tmp_path):
     from opd_diag.train import resolve_config, train
 

@@ -264,3 +264,18 @@ def test_zoo_list_fits_100_columns(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines and max(len(ln) for ln in lines) <= 100
     assert any(ln.startswith("success (v1)") for ln in lines)
+
+
+def test_zoo_sweep_bad_input(tmp_path, capsys):
+    from opd_diag.cli import main
+    from opd_diag.zoo.v2.sweep import sweep
+    from opd_diag.zoo.v2.validate import run_one
+
+    with pytest.raises(SystemExit) as exc:
+        main(["zoo", "sweep", "--variants", "no-such-variant"])
+    assert exc.value.code == 2 and "no-such-variant" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown variant"):
+        sweep(tmp_path, variants=["no-such-variant"])
+    with pytest.raises(ValueError, match="needs a tag"):  # never mistaken for a protocol run
+        run_one(tmp_path, "v2-long-horizon", 0, 10, overrides={"lr": 1e-4})
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -65,7 +65,8 @@ def register(sub) -> None:
     b.add_argument("--max-new-tokens", type=int, default=None,
                    help="completion budget (default: the zoo pair's, else the student's "
                    "generation_config max_new_tokens; required when neither is set). When more "
-                   "than 10%% of either model's rollouts hit it, the verdict is CAUTION")
+                   "than 10%% of either model's rollouts are cut off by it mid-text, the verdict is CAUTION "
+                   "(rollouts looping to the cap are reported, not counted)")
     add_top_k_arg(b)
     b.add_argument("--seed", type=int, default=0, help=HELP["seed"])
     m = p.add_argument_group("devices and dtypes")

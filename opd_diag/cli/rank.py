@@ -62,11 +62,12 @@ def register(sub) -> None:
 
 def _model_path(value: str) -> Path:
     from ..zoo import list_models, model_dir
+    from ..zoo.v2 import list_models as list_models_v2
 
     path = Path(value)
     if path.is_dir():
         return path
-    if value in list_models():
+    if value in list_models() or value in list_models_v2():
         return model_dir(value)
     raise OpdDiagError(f"{value!r} is neither a model directory nor a zoo model name "
                        "(`opd-diag zoo list`)")

@@ -7,23 +7,67 @@ the cap, and when more than :data:`MAX_TRUNCATED` of either model's rollouts did
 is CAUTION whatever the other rows say (:func:`verdict_with_truncation`), with the reason
 "N% of rollouts truncated at L tokens".
 
+A rollout that hit the cap while **looping** (its last :data:`LOOP_WINDOW` tokens repeat: fewer
+than :data:`LOOP_MIN_DISTINCT` of their 4-grams are distinct) is not a budget problem: the model
+would never have finished, and a wrong answer is the right score for it. Guard version 2 (found
+on the held-out zoo-v2 pairs, whose students loop "34 34 34 …" on lists they cannot sort, which
+turned two right NO-GOs into CAUTION; docs/validation.md) counts only the rollouts cut off
+mid-text, and reports the looping share beside it. Rollout tables without ``completion_ids``
+count every capped rollout (version 1's rule).
+
 Pure functions of the run's rollouts tables (no models), like :func:`.rules.decide`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 MAX_TRUNCATED = 0.10
 CONDITION = "truncation"
+GUARD_VERSION = 2
+LOOP_WINDOW = 64
+LOOP_NGRAM = 4
+LOOP_MIN_DISTINCT = 0.3
+
+
+def is_looping(ids) -> bool:
+    """Whether a completion's last :data:`LOOP_WINDOW` tokens repeat (fewer than
+    :data:`LOOP_MIN_DISTINCT` of their :data:`LOOP_NGRAM`-grams are distinct)."""
+    tail = [int(t) for t in np.asarray(ids).ravel()[-LOOP_WINDOW:]]
+    n = len(tail) - LOOP_NGRAM + 1
+    if len(tail) < LOOP_WINDOW or n < 1:
+        return False
+    grams = {tuple(tail[i:i + LOOP_NGRAM]) for i in range(n)}
+    return len(grams) / n < LOOP_MIN_DISTINCT
+
+
+def _capped_looping(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    capped = (table.stop_reason == "length").to_numpy()
+    if "completion_ids" not in table:
+        return capped, np.zeros(len(table), bool)
+    loops = np.array([bool(c) and is_looping(ids)
+                      for c, ids in zip(capped, table.completion_ids)], bool)
+    return capped, loops
 
 
 def truncated_shares(rollouts: dict[str, pd.DataFrame | None]) -> dict[str, float]:
-    """Share of rollouts that stopped at the cap (``stop_reason == "length"``), per model."""
+    """Share of rollouts cut off at the cap mid-text (``stop_reason == "length"`` and not
+    looping), per model: what the guard counts."""
     out = {}
     for role, table in rollouts.items():
         if table is not None and len(table):
-            out[role] = float((table.stop_reason == "length").mean())
+            capped, loops = _capped_looping(table)
+            out[role] = float((capped & ~loops).mean())
+    return out
+
+
+def looping_shares(rollouts: dict[str, pd.DataFrame | None]) -> dict[str, float]:
+    """Share of rollouts that ran to the cap while looping, per model (reported, not counted)."""
+    out = {}
+    for role, table in rollouts.items():
+        if table is not None and len(table):
+            out[role] = float(_capped_looping(table)[1].mean())
     return out
 
 
@@ -40,11 +84,14 @@ def truncation_row(rollouts: dict[str, pd.DataFrame | None], max_new_tokens: int
     worst = shares[worst_role] if worst_role else float("nan")
     per_model = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "no rollouts"
     status = "CAUTION" if worst_role and worst > threshold else "GO"
+    loops = {r: v for r, v in looping_shares(rollouts).items() if v > 0}
+    loop_note = ("; looping to the cap, not counted (a model failure, scored wrong, not a budget "
+                 "problem): " + ", ".join(f"{r} {v:.0%}" for r, v in loops.items())) if loops else ""
     return dict(
         condition=CONDITION, metric="truncated_share", value=worst, status=status,
         rule=f"{worst:.0%} of rollouts truncated at {max_new_tokens} tokens ({per_model}); the "
              f"verdict is CAUTION, whatever the other rows say, when > {threshold:.0%} of either "
-             "model's rollouts hit the cap",
+             f"model's rollouts are cut off mid-text{loop_note}",
         recovery="raise --max-new-tokens to the models' natural length (their "
                  "generation_config.max_new_tokens) and re-run: truncated rollouts are scored "
                  "wrong and make every prompt look settled")
@@ -60,5 +107,7 @@ def truncation_summary(row: dict, rollouts: dict[str, pd.DataFrame | None],
                        max_new_tokens: int) -> dict:
     """The ``truncation`` entry of ``verdict.json``."""
     return {"max_new_tokens": int(max_new_tokens), "threshold": MAX_TRUNCATED,
-            "truncated_share": truncated_shares(rollouts), "status": row["status"],
+            "guard_version": GUARD_VERSION,
+            "truncated_share": truncated_shares(rollouts),
+            "looping_share": looping_shares(rollouts), "status": row["status"],
             "reason": row["rule"].split(" (")[0]}

@@ -15,8 +15,14 @@ of the difference (resampling eval items) decides whether the claim **holds**, *
   has a CI reaching 0) is **undetermined**: two runs that both stay at the start are "equal" for
   no interesting reason.
 
+A half is **confounded** when either run collapsed (:data:`COLLAPSE_CLIPPED`: at least half the
+rollouts of its last 10 steps ran to the length cap): the difference then measures the collapse.
 A phenomenon is ``yes`` when all its halves hold, ``partial`` when some hold and some fail or are
-undetermined, ``no`` when none holds and at least one fails, ``undetermined`` otherwise.
+undetermined, ``no`` when none holds and at least one fails, ``confounded`` when a half is,
+``undetermined`` otherwise; the objective claims (#7, #8) are also run at half the learning rate
+(:data:`LOW_LR`), and the first family whose runs did not collapse decides (:func:`row_status`).
+The collapse rule and the low-lr family were added after the first sweep showed every top-k run
+collapsing at 3e-4; nothing in the pre-flight verdict depends on them.
 ``python -m opd_diag.zoo.v2.sweep`` runs the variants and writes ``reports/zoo-v2-sweep.csv``
 (the claims) and ``reports/zoo-v2-sweep-items.csv`` (per-item correctness they are derived from).
 """
@@ -48,10 +54,17 @@ VARIANTS: dict[str, dict] = {
     "maxlen256": {"max_new_tokens": 256},
     "maxlen448": {"max_new_tokens": 448},
 }
+#: the objective variants again at half the learning rate: at 3e-4 every top-k run collapsed
+#: late (steps 60-99: completions run to the cap, overlap falls), which confounds #7 and #8;
+#: added after that was seen, and reported as such (docs/zoo.md)
+LOW_LR = 1.5e-4
+for _name in ("topk16-only_stu", "topk16-intersection", "topk16-symdiff", "topk4-only_stu",
+              "sampled_token"):
+    VARIANTS[f"{_name}-lr{LOW_LR:g}"] = {**VARIANTS[_name], "lr": LOW_LR}
 #: the equivalence margin on accuracy differences (fixed before the sweep ran)
 EQUIV = 0.15
-#: (phenomenon id, half, variant, reference, relation)
-CLAIMS: tuple[tuple[int, str, str, str, str], ...] = (
+#: (phenomenon id, half, variant, reference, relation) at the budget's learning rate
+_CLAIMS_MAIN: tuple[tuple[int, str, str, str, str], ...] = (
     (7, "intersection ≈ student top-k", "topk16-intersection", "topk16-only_stu", "equal"),
     (7, "symmetric difference worse than student top-k", "topk16-symdiff", "topk16-only_stu",
      "worse"),
@@ -61,6 +74,16 @@ CLAIMS: tuple[tuple[int, str, str, str, str], ...] = (
     (14, "a long cap (448) is worse than 320 (long runs collapse)", "maxlen448", "reverse_kl",
      "worse"),
 )
+#: (family, id, half, variant, reference, relation): the objective claims again at ``LOW_LR``
+CLAIMS: tuple[tuple[str, int, str, str, str, str], ...] = (
+    *(("lr3e-4", *c) for c in _CLAIMS_MAIN),
+    *((f"lr{LOW_LR:g}", pid, half, f"{v}-lr{LOW_LR:g}", f"{r}-lr{LOW_LR:g}", rel)
+      for pid, half, v, r, rel in _CLAIMS_MAIN if pid in (7, 8)),
+)
+#: a run collapsed when, over its last 10 steps, at least half its rollouts hit the length cap
+#: (rambling to the cap instead of answering): a comparison with it measures the collapse, not
+#: the claim, and is ``confounded``
+COLLAPSE_CLIPPED = 0.5
 N_BOOT = 2000
 
 
@@ -83,13 +106,17 @@ def items(root: str | Path, n_eval: int) -> pd.DataFrame:
     main = _main_subset(pair)
     parts = {"before": _baseline(root, SWEEP_PAIR, "student", n_eval),
              "teacher": _baseline(root, SWEEP_PAIR, "teacher", n_eval)}
+    clipped = {"before": np.nan, "teacher": np.nan}
     for v in VARIANTS:
         path = run_dir(root, v) / "v2_eval.parquet"
         if path.is_file():
             parts[v] = pd.read_parquet(path)
+            m = pd.read_json(run_dir(root, v) / "metrics.jsonl", lines=True)
+            clipped[v] = float(m.clipped_ratio.iloc[-10:].mean())
     frames = [pd.DataFrame({"pair": SWEEP_PAIR, "variant": name, "seed": SEED, "subset": main,
                             "item": np.arange(int((df.subset == main).sum())),
-                            "correct": df[df.subset == main].correct.astype(int).to_numpy()})
+                            "correct": df[df.subset == main].correct.astype(int).to_numpy(),
+                            "clipped_last10": clipped[name]})
               for name, df in parts.items()]
     return pd.concat(frames, ignore_index=True)
 
@@ -126,32 +153,55 @@ def claims(table: pd.DataFrame) -> pd.DataFrame:
     """One row per claim half, derived from the per-item table (pure: the tests re-derive the
     committed ``reports/zoo-v2-sweep.csv`` with it)."""
     acc = {v: g.sort_values("item").correct.to_numpy(float) for v, g in table.groupby("variant")}
+    clipped = table.groupby("variant").clipped_last10.first()
     before = acc["before"]
     rows = []
-    for pid, half, var, ref, rel in CLAIMS:
-        row = {"id": pid, "half": half, "variant": var, "reference": ref, "relation": rel}
+    for family, pid, half, var, ref, rel in CLAIMS:
+        row = {"family": family, "id": pid, "half": half, "variant": var, "reference": ref,
+               "relation": rel}
         if var not in acc or ref not in acc:
             rows.append(row | {"result": "not run"})
             continue
         gain, glo, _ = _paired_diff_ci(acc[ref], before)
         point, lo, hi = _paired_diff_ci(acc[var], acc[ref])
+        collapsed = [v for v in (var, ref) if clipped[v] >= COLLAPSE_CLIPPED]
+        result = ("confounded" if collapsed
+                  else judge(rel, point, lo, hi, reference_learned=glo > 0))
         rows.append(row | {"acc_before": before.mean(), "acc_teacher": acc["teacher"].mean(),
                            "acc_variant": acc[var].mean(), "acc_reference": acc[ref].mean(),
                            "reference_gain_ci_low": glo, "diff": point, "diff_ci_low": lo,
-                           "diff_ci_high": hi,
-                           "result": judge(rel, point, lo, hi, reference_learned=glo > 0)})
+                           "diff_ci_high": hi, "clipped_variant": clipped[var],
+                           "clipped_reference": clipped[ref],
+                           "collapsed": " ".join(collapsed), "result": result})
     return pd.DataFrame(rows)
 
 
 def phenomenon_status(results: list[str]) -> str:
-    """``yes`` / ``partial`` / ``no`` / ``undetermined`` / ``not run`` from a claim's halves."""
+    """``yes`` / ``partial`` / ``no`` / ``undetermined`` / ``confounded`` / ``not run`` from a
+    claim's halves (one family)."""
     if not results or all(r == "not run" for r in results):
         return "not run"
+    if any(r == "confounded" for r in results):
+        return "confounded"
     if all(r == "holds" for r in results):
         return "yes"
     if any(r == "holds" for r in results):
         return "partial"
     return "no" if any(r == "fails" for r in results) else "undetermined"
+
+
+def row_status(halves: pd.DataFrame) -> tuple[str, str]:
+    """``(status, family)`` of one phenomenon from its halves in every learning-rate family: the
+    first family (in :data:`CLAIMS` order) whose runs did not collapse and were run decides;
+    when every family is confounded, so is the row."""
+    statuses = {f: phenomenon_status(list(g.result))
+                for f, g in halves.groupby("family", sort=False)}
+    for family, status in statuses.items():
+        if status not in ("confounded", "not run"):
+            return status, family
+    if "confounded" in statuses.values():
+        return "confounded", next(f for f, st in statuses.items() if st == "confounded")
+    return "not run", next(iter(statuses), "")
 
 
 def sweep(root: str | Path = "runs/zoo-v2", n_eval: int = 100, workers: int = 2,

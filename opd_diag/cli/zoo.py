@@ -68,15 +68,13 @@ def cmd_sweep(args) -> int:
     from pathlib import Path
 
     from ..zoo import phenomena
-    from ..zoo.v2.sweep import sweep
+    from ..zoo.v2.sweep import main as sweep_main
 
-    claims, items = sweep(args.runs, args.n_eval, args.workers, args.variants)
     out = Path(args.reports)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, t in (("zoo-v2-sweep.csv", claims), ("zoo-v2-sweep-items.csv", items)):
-        t.to_csv(out / f"{name}.tmp", index=False)
-        (out / f"{name}.tmp").replace(out / name)
-    print(claims.to_string())
+    sweep_main(["--runs", args.runs, "--n-eval", str(args.n_eval), "--workers", str(args.workers),
+                "--out", str(out / "zoo-v2-sweep.csv"),
+                "--items", str(out / "zoo-v2-sweep-items.csv"),
+                *(["--variants", *args.variants] if args.variants else [])])
     if (out / "zoo-phenomena.csv").is_file():
         return phenomena.main(["--out", str(out), "--sweep", str(out / "zoo-v2-sweep.csv"),
                                "--sweep-only"])

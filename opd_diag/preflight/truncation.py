@@ -42,33 +42,28 @@ def is_looping(ids) -> bool:
     return len(grams) / n < LOOP_MIN_DISTINCT
 
 
-def _capped_looping(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    capped = (table.stop_reason == "length").to_numpy()
-    if "completion_ids" not in table:
-        return capped, np.zeros(len(table), bool)
-    loops = np.array([bool(c) and is_looping(ids)
-                      for c, ids in zip(capped, table.completion_ids)], bool)
-    return capped, loops
+def _role_shares(rollouts: dict[str, pd.DataFrame | None]) -> dict[str, tuple[float, float]]:
+    """Per model with rollouts: (share cut off at the cap mid-text, share looping to the cap)."""
+    out = {}
+    for role, table in rollouts.items():
+        if table is None or not len(table):
+            continue
+        capped = (table.stop_reason == "length").to_numpy()
+        loops = np.zeros(len(table), bool) if "completion_ids" not in table else np.array(
+            [bool(c) and is_looping(ids) for c, ids in zip(capped, table.completion_ids)], bool)
+        out[role] = (float((capped & ~loops).mean()), float(loops.mean()))
+    return out
 
 
 def truncated_shares(rollouts: dict[str, pd.DataFrame | None]) -> dict[str, float]:
     """Share of rollouts cut off at the cap mid-text (``stop_reason == "length"`` and not
     looping), per model: what the guard counts."""
-    out = {}
-    for role, table in rollouts.items():
-        if table is not None and len(table):
-            capped, loops = _capped_looping(table)
-            out[role] = float((capped & ~loops).mean())
-    return out
+    return {role: cut for role, (cut, _) in _role_shares(rollouts).items()}
 
 
 def looping_shares(rollouts: dict[str, pd.DataFrame | None]) -> dict[str, float]:
     """Share of rollouts that ran to the cap while looping, per model (reported, not counted)."""
-    out = {}
-    for role, table in rollouts.items():
-        if table is not None and len(table):
-            out[role] = float(_capped_looping(table)[1].mean())
-    return out
+    return {role: loop for role, (_, loop) in _role_shares(rollouts).items()}
 
 
 def truncation_row(rollouts: dict[str, pd.DataFrame | None], max_new_tokens: int,
@@ -79,12 +74,13 @@ def truncation_row(rollouts: dict[str, pd.DataFrame | None], max_new_tokens: int
         rollouts: ``{"student": run.rollouts, "teacher": teacher rollouts or None}``.
         max_new_tokens: the completion budget L the rollouts were sampled with.
     """
-    shares = truncated_shares(rollouts)
+    both = _role_shares(rollouts)
+    shares = {role: cut for role, (cut, _) in both.items()}
     worst_role = max(shares, key=shares.get) if shares else None
     worst = shares[worst_role] if worst_role else float("nan")
     per_model = ", ".join(f"{r} {s:.0%}" for r, s in shares.items()) or "no rollouts"
     status = "CAUTION" if worst_role and worst > threshold else "GO"
-    loops = {r: v for r, v in looping_shares(rollouts).items() if v > 0}
+    loops = {r: loop for r, (_, loop) in both.items() if loop > 0}
     loop_note = ("; looping to the cap, not counted (a model failure, scored wrong, not a budget "
                  "problem): " + ", ".join(f"{r} {v:.0%}" for r, v in loops.items())) if loops else ""
     return dict(
@@ -106,8 +102,10 @@ def verdict_with_truncation(table: pd.DataFrame, verdict: str) -> str:
 def truncation_summary(row: dict, rollouts: dict[str, pd.DataFrame | None],
                        max_new_tokens: int) -> dict:
     """The ``truncation`` entry of ``verdict.json``."""
+    both = _role_shares(rollouts)
     return {"max_new_tokens": int(max_new_tokens), "threshold": MAX_TRUNCATED,
             "guard_version": GUARD_VERSION,
-            "truncated_share": truncated_shares(rollouts),
-            "looping_share": looping_shares(rollouts), "status": row["status"],
+            "truncated_share": {role: cut for role, (cut, _) in both.items()},
+            "looping_share": {role: loop for role, (_, loop) in both.items()},
+            "status": row["status"],
             "reason": row["rule"].split(" (")[0]}

@@ -162,7 +162,7 @@ def claims(table: pd.DataFrame) -> pd.DataFrame:
         if var not in acc or ref not in acc:
             rows.append(row | {"result": "not run"})
             continue
-        gain, glo, _ = _paired_diff_ci(acc[ref], before)
+        _, glo, _ = _paired_diff_ci(acc[ref], before)
         point, lo, hi = _paired_diff_ci(acc[var], acc[ref])
         collapsed = [v for v in (var, ref) if clipped[v] >= COLLAPSE_CLIPPED]
         result = ("confounded" if collapsed
@@ -234,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         df = claims(table)
     else:
         df, table = sweep(args.runs, args.n_eval, args.workers, args.variants)
+    from ...core.runs import _atomic_write_bytes
+
     for path, t in ((args.out, df), (args.items, table)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        t.to_csv(f"{path}.tmp", index=False)
-        Path(f"{path}.tmp").replace(path)
+        _atomic_write_bytes(Path(path), lambda tmp, t=t: t.to_csv(tmp, index=False))
     print(df.to_string())
     print(json.dumps({"written": args.out, "claims": len(df)}))
     return 0

@@ -189,3 +189,27 @@ def test_head_runs_in_float32_for_bf16_models(tiny_pair):
     torch.testing.assert_close(z, h.float() @ W.float().T)
     # and the bf16 capture passes the head check at bf16 tolerance
     score_states(m.model, m.model, [[1, 5, 6]], [[7, 8, 9]], top_k=4, vocab=64, pad_id=0)
+
+
+@pytest.mark.parametrize("block_elements", [50 * 4, 50 * 7, 50 * 200])
+def test_chunk_stats_blocks_agree_with_one_pass(monkeypatch, block_elements):
+    """The CPU block walk (cache-sized row blocks, one reused scratch buffer) gives the same
+    columns as one pass over the chunk, including a ragged last block."""
+    from opd_diag.states import capture as C
+
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(37, 50, generator=g) * 3, torch.randn(37, 50, generator=g) * 3
+    tok = torch.randint(0, 50, (37,), generator=g)
+    rows = np.arange(37)
+    monkeypatch.setattr(C, "_BLOCK_ELEMENTS", 10**9)
+    whole = C.chunk_stats(zs, zt, tok, 5, rows)
+    monkeypatch.setattr(C, "_BLOCK_ELEMENTS", block_elements)
+    blocked = C.chunk_stats(zs, zt, tok, 5, rows)
+    assert whole.keys() == blocked.keys()
+    for name in whole:
+        assert torch.allclose(whole[name].float(), blocked[name].float(), atol=1e-5), name
+    ls, lt = torch.log_softmax(zs, -1), torch.log_softmax(zt, -1)
+    assert torch.allclose(blocked["logp_s"], ls.gather(1, tok[:, None])[:, 0], atol=1e-5)
+    assert torch.allclose(blocked["rkl"], (ls.exp() * (ls - lt)).sum(-1), atol=1e-4)
+    rank = (zs > zs.gather(1, zt.argmax(-1, keepdim=True))).sum(-1)
+    assert torch.equal(blocked["rank_s_of_top1_t"], rank)

@@ -30,6 +30,21 @@ def test_one_pass_entropy_matches_log_softmax():
     assert torch.allclose(h, D.entropy(torch.log_softmax(z, -1)), atol=1e-5)
 
 
+def test_softmax_dots_give_entropy_and_both_kls():
+    g = torch.Generator().manual_seed(3)
+    zp, zq = torch.randn(6, 500, generator=g) * 4, torch.randn(6, 500, generator=g) * 4
+    scratch = torch.full((8, 500), float("nan"))  # stale contents must not leak into results
+    lse_p, pzp, pzq = D.softmax_dots(zp, zq, scratch)
+    lse_q, qzq, qzp = D.softmax_dots(zq, zp)
+    h_p, h_q, rkl, fkl = D.entropy_and_kls_from_dots(lse_p, pzp, pzq, lse_q, qzq, qzp)
+    lp, lq = torch.log_softmax(zp, -1), torch.log_softmax(zq, -1)
+    assert torch.allclose(lse_p, torch.logsumexp(zp, -1), atol=1e-5)
+    assert torch.allclose(h_p, D.entropy(lp), atol=1e-4)
+    assert torch.allclose(h_q, D.entropy(lq), atol=1e-4)
+    assert torch.allclose(rkl, D.reverse_kl(lp, lq), atol=1e-4)
+    assert torch.allclose(fkl, D.forward_kl(lp, lq), atol=1e-4)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
 def test_generalized_jsd_matches_trl(beta):
     trl = pytest.importorskip("trl.experimental.gkd.gkd_trainer")

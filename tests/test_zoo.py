@@ -160,3 +160,21 @@ def test_quick_build_writes_a_loadable_model(tmp_path) -> None:
     out = model(**tok(["1 2 + 3 ="], return_tensors="pt"))
     assert out.logits.shape[-1] == len(VOCAB)
     assert (path / "README.md").read_text().startswith("# teacher-a")
+
+
+def test_content_pools():
+    import pandas as pd
+
+    from opd_diag.core.errors import OpdDiagError
+    from opd_diag.zoo import get_pair
+    from opd_diag.zoo.data import content_prompt_set
+
+    aligned = content_prompt_set("teacher", "plain", 64, seed=0)
+    # teacher-a's own content is exactly the success pair's default OPD prompt pool
+    pd.testing.assert_frame_equal(aligned, get_pair("success").prompts(64, seed=0))
+    unaligned = content_prompt_set("three-operand", "plain", 64, seed=0)
+    assert all(p.count("+") == 2 for p in unaligned.prompt)
+    assert all(str(sum(int(x.replace(" ", "")) for x in p.removesuffix(" =").split(" + "))) == a
+               for p, a in zip(unaligned.prompt, unaligned.answer))
+    with pytest.raises(OpdDiagError, match="unknown content pool 'dapo'.*three-operand"):
+        content_prompt_set("dapo", "plain", 4, seed=0)

@@ -130,3 +130,61 @@ def test_sweep_row_status_takes_the_first_family_that_did_not_collapse():
     clean = halves.assign(result=["holds", "holds", "fails", "fails"])
     assert row_status(clean) == ("yes", "lr3e-4")
     assert row_status(halves.assign(result="not run")) == ("not run", "lr3e-4")
+
+
+def _content_tables(acc_aligned=0.8, acc_unaligned=0.5, sign=1.0, clipped=0.0, n=100):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    items = pd.concat([pd.DataFrame({
+        "run": f"opd-content-{pool}-seed{s}", "pool": pool, "seed": s, "item": np.arange(n),
+        "correct": (rng.random(n) < acc).astype(int)})
+        for s in (0, 1, 2) for pool, acc in (("aligned", acc_aligned), ("unaligned", acc_unaligned))])
+    windows = pd.DataFrame([{
+        "run": f"opd-content-{pool}-seed{s}", "pool": pool, "seed": s, "window": w,
+        "clipped_ratio": clipped if pool == "unaligned" else 0.0,
+        # aligned: lower overlap ratio, higher overlap mass, lower entropy (when sign > 0)
+        "overlap_ratio": 0.5 - sign * 0.05 * (pool == "aligned"),
+        "overlap_mass_s": 0.9 + sign * 0.05 * (pool == "aligned"),
+        "H_s": 0.3 - sign * 0.1 * (pool == "aligned")}
+        for s in (0, 1, 2) for pool in ("aligned", "unaligned") for w in range(0, 100, 10)])
+    return windows, items
+
+
+def test_content_claim_rules_decide_both_ways():
+    from opd_diag.zoo.content import accuracy_half, content_claims, dynamics_half
+
+    windows, items = _content_tables()
+    ours, status = content_claims(windows, items)
+    assert status == "yes", ours
+    assert accuracy_half(items)["result"] == "holds"
+    windows, items = _content_tables(acc_aligned=0.3, acc_unaligned=0.7, sign=-1.0)
+    assert accuracy_half(items)["result"] == "fails"
+    assert dynamics_half(windows, "H_s", -1)["result"] == "fails"
+    assert content_claims(windows, items)[1] == "no"
+    windows, items = _content_tables(acc_aligned=0.5, acc_unaligned=0.5)
+    assert accuracy_half(items)["result"] == "undetermined"
+    assert content_claims(windows, items)[1] == "partial"
+    # one window on the wrong side: "throughout" is not shown
+    windows, items = _content_tables()
+    i = windows.index[(windows.window == 50) & (windows.pool == "aligned")]
+    windows.loc[i, "H_s"] = 0.5
+    assert dynamics_half(windows, "H_s", -1)["result"] == "undetermined"
+    # a collapsed run confounds the accuracy comparison
+    windows, items = _content_tables(clipped=0.8)
+    ours, status = content_claims(windows, items)
+    assert status == "confounded" and "collapsed: opd-content-unaligned" in ours
+    empty = pd.DataFrame(columns=["run", "pool", "seed", "item", "correct"])
+    assert content_claims(pd.DataFrame(), empty)[1] == "not run"
+
+
+@pytest.mark.skipif(not (REPORTS / "zoo-content.csv").exists(), reason="no committed content runs")
+def test_content_row_rederived_from_committed_tables():
+    from opd_diag.zoo.content import apply_content
+
+    df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
+    windows = pd.read_csv(REPORTS / "zoo-content.csv")
+    items = pd.read_csv(REPORTS / "zoo-content-items.csv")
+    again = apply_content(df, windows, items)
+    pd.testing.assert_frame_equal(again, df, check_dtype=False)
+    assert set(items.seed) == {0, 1, 2} and set(items.pool) == {"aligned", "unaligned"}

@@ -39,7 +39,8 @@ def register(sub) -> None:
     g.add_argument("--capture-batch-size", type=int, default=8,
                    help="rollouts per forward pass (default 8)")
     g.add_argument("--chunk-tokens", type=int, default=None,
-                   help="positions per LM-head chunk (default: 16M / vocab)")
+                   help="positions per LM-head chunk (default: 32M / vocab; smaller uses less "
+                        "memory, larger re-reads the LM heads fewer times)")
     add_sparse_teacher_args(g)
     add_backend_args(p)
 

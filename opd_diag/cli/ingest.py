@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--capture-batch-size", type=int, default=8,
                    help="rollouts per forward pass (default 8)")
     p.add_argument("--chunk-tokens", type=int, default=None,
-                   help="positions per LM-head chunk (default: 16M / vocab)")
+                   help="positions per LM-head chunk (default: 32M / vocab)")
     p.set_defaults(func=cmd_ingest)
 
 

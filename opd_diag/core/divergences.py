@@ -30,33 +30,38 @@ def log_normalizer_and_entropy(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, 
     return lse_N, -(logp.exp() * logp).sum(-1)
 
 
-def softmax_stats(logits_N_V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(probs, logsumexp)`` of float32 logits with a single exp pass.
+def softmax_dots(logits_N_V: torch.Tensor, other_N_V: torch.Tensor,
+                 scratch: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logsumexp(z), ⟨p, z⟩, ⟨p, w⟩)`` for ``p = softmax(z)``, with one exp pass.
 
-    The capture engine's hot path: everything else it needs (entropy, both KLs) is a dot
-    product of these probabilities with the logits, see :func:`entropy_and_kls`.
+    The capture engine's hot path. The unnormalised ``exp(z − max z)`` goes into ``scratch``
+    (a preallocated ``[≥N, V]`` float32 buffer, so a block loop allocates nothing) and the
+    normaliser divides the two dot products, never the ``[N, V]`` probabilities. Entropy and
+    both KLs follow from these (:func:`entropy_and_kls_from_dots`).
     """
     m = logits_N_V.amax(-1, keepdim=True)
-    p = torch.sub(logits_N_V, m).exp_()
-    total = p.sum(-1, keepdim=True)
-    p.div_(total)
-    return p, (m + total.log()).squeeze(-1)
+    if scratch is None:
+        e = torch.sub(logits_N_V, m).exp_()
+    else:
+        e = torch.sub(logits_N_V, m, out=scratch[: logits_N_V.shape[0]]).exp_()
+    total = e.sum(-1)
+    pz, pw = torch.linalg.vecdot(e, logits_N_V), torch.linalg.vecdot(e, other_N_V)
+    return m.squeeze(-1) + total.log(), pz / total, pw / total
 
 
-def entropy_and_kls(
-    p_N_V: torch.Tensor, lse_p_N: torch.Tensor, z_p_N_V: torch.Tensor,
-    q_N_V: torch.Tensor, lse_q_N: torch.Tensor, z_q_N_V: torch.Tensor,
+def entropy_and_kls_from_dots(
+    lse_p_N: torch.Tensor, pzp_N: torch.Tensor, pzq_N: torch.Tensor,
+    lse_q_N: torch.Tensor, qzq_N: torch.Tensor, qzp_N: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(H(p), H(q), KL(p‖q), KL(q‖p))`` from probabilities, normalisers and logits.
+    """``(H(p), H(q), KL(p‖q), KL(q‖p))`` from normalisers and dot products.
 
     With ``log p = z_p − lse_p``: ``H(p) = lse_p − ⟨p, z_p⟩`` and
-    ``KL(p‖q) = ⟨p, z_p⟩ − lse_p − ⟨p, z_q⟩ + lse_q`` — four dot products, no ``[N, V]``
-    temporaries.
+    ``KL(p‖q) = ⟨p, z_p⟩ − lse_p − ⟨p, z_q⟩ + lse_q`` (and symmetrically), where the dot
+    products come from :func:`softmax_dots`.
     """
-    pzp, pzq = torch.linalg.vecdot(p_N_V, z_p_N_V), torch.linalg.vecdot(p_N_V, z_q_N_V)
-    qzq, qzp = torch.linalg.vecdot(q_N_V, z_q_N_V), torch.linalg.vecdot(q_N_V, z_p_N_V)
-    h_p, h_q = lse_p_N - pzp, lse_q_N - qzq
-    return h_p, h_q, (pzp - lse_p_N - pzq + lse_q_N), (qzq - lse_q_N - qzp + lse_p_N)
+    h_p, h_q = lse_p_N - pzp_N, lse_q_N - qzq_N
+    return h_p, h_q, (pzp_N - lse_p_N - pzq_N + lse_q_N), (qzq_N - lse_q_N - qzp_N + lse_p_N)
 
 
 def entropy(logp_N_V: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ up to the final hidden states, then apply each LM head to a chunk of completion 
 time. Per chunk we need the log-normaliser, the entropy, the top-k and a few gathers; all come
 from one exp pass and one top-k pass over ``[chunk, V]`` logits, so peak extra memory scales
 with ``chunk × V`` and never with ``T × V`` (a float32 ``[B, T, V]`` log-softmax of a 1,024-token
-Qwen rollout is 620 MB per model; a 110-row chunk is 64 MB).
+Qwen rollout is 620 MB per model; a 220-row chunk is 128 MB).
 
 One states row per completion position t (the state is prompt + student tokens < t):
 
@@ -31,10 +31,18 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..core.divergences import entropy_and_kls, softmax_stats
+from ..core.divergences import entropy_and_kls_from_dots, softmax_dots
 from ..core.errors import OpdDiagError
 
-_CHUNK_ELEMENTS = 1 << 24  # 16M floats = 64 MB per [chunk, V] float32 buffer
+# 32M floats = 128 MB per [chunk, V] float32 buffer. Each chunk re-reads both LM heads'
+# weights, so bigger chunks are faster (at V = 152K a 1,056-row head GEMM takes 2.26 s in one
+# piece, 2.88 s in 220-row chunks, 3.27 s in 110-row chunks) and cost memory: 220 rows keep
+# peak extra memory under 1/8 of a naive float32 capture (benchmarks/capture.py).
+_CHUNK_ELEMENTS = 1 << 25
+# On CPU the statistics walk a chunk in blocks of rows that stay in cache (4 MB per [rows, V]
+# float32 block): the exp, dot-product, top-k and rank passes then read each block from cache
+# instead of streaming the whole 64 MB chunk from memory once per pass (3x faster at V = 152K).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -44,7 +52,7 @@ class CaptureConfig:
     Attributes:
         top_k: size of the top-k lists kept for both models (default 16, as the paper).
         batch_size: rollouts per forward pass.
-        chunk_tokens: completion positions per LM-head chunk; None picks ``16M / V``.
+        chunk_tokens: completion positions per LM-head chunk; None picks ``32M / V``.
         teacher_topk_only: sparse teacher mode (``--teacher-topk-only K``): the teacher is
             seen only through its top-K log-probs and the sampled token's (``states/sparse.py``).
     """
@@ -211,21 +219,35 @@ def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k
                 rows: np.ndarray) -> dict[str, torch.Tensor]:
     """The states columns of one chunk from both models' float32, temperature-scaled logits.
 
-    One exp pass per model (normaliser, entropy and both KLs from the same probabilities) and
-    one top-k pass. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
+    One exp pass per model (normaliser, entropy and both KLs from dot products of the same
+    unnormalised probabilities) and one top-k pass. On CPU the chunk is walked in cache-sized
+    blocks of rows (``_BLOCK_ELEMENTS``) with one reused scratch buffer; on an accelerator it
+    is one block. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
     loop passes the detached logits of its differentiable student forward.
 
     Args:
         token_N: the sampled tokens of these positions.
         rows: batch row of each position (named in the NaN/inf error).
     """
-    p, lse_s = softmax_stats(zs)
-    q, lse_t = softmax_stats(zt)
+    n, V = zs.shape
+    block = n if zs.device.type != "cpu" else max(1, _BLOCK_ELEMENTS // max(V, 1))
+    tok_N = token_N.to(zs.device)
+    if block >= n:
+        return _block_stats(zs, zt, tok_N, top_k, rows, None)
+    scratch = torch.empty((block, V), dtype=zs.dtype, device=zs.device)
+    parts = [_block_stats(zs[lo: lo + block], zt[lo: lo + block], tok_N[lo: lo + block], top_k,
+                          rows[lo: lo + block], scratch) for lo in range(0, n, block)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def _block_stats(zs: torch.Tensor, zt: torch.Tensor, tok_N: torch.Tensor, top_k: int,
+                 rows: np.ndarray, scratch: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    lse_s, pzp, pzq = softmax_dots(zs, zt, scratch)
+    lse_t, qzq, qzp = softmax_dots(zt, zs, scratch)
     _check_finite(lse_s, "student", rows)
     _check_finite(lse_t, "teacher", rows)
-    h_s, h_t, rkl, fkl = entropy_and_kls(p, lse_s, zs, q, lse_t, zt)
-    del p, q
-    tok = token_N.to(zs.device)[:, None]
+    h_s, h_t, rkl, fkl = entropy_and_kls_from_dots(lse_s, pzp, pzq, lse_t, qzq, qzp)
+    tok = tok_N[:, None]
     ks_val, ks_ids = zs.topk(top_k, dim=-1)
     kt_val, kt_ids = zt.topk(top_k, dim=-1)
     return {
@@ -282,7 +304,7 @@ def score_states(
         temperature: logits are divided by it (the rollout temperature; 0 is treated as 1).
         vocab: ids ``[0, vocab)`` are compared (the shared tokenizer range).
         pad_id: any id; padded positions are never read.
-        chunk_tokens: positions per head application; None picks ``16M / vocab``.
+        chunk_tokens: positions per head application; None picks ``32M / vocab``.
 
     Returns:
         Column arrays with one entry per completion position (rows in rollout order, then t):
@@ -307,8 +329,10 @@ def score_states(
     s_dev = next(student.parameters()).device
     for lo in range(0, N, chunk):
         hi = min(N, lo + chunk)
-        zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab].div_(temp)
-        zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab].div_(temp)
+        zs = lm_head_logits(student, hidden["student"][lo:hi])[:, :vocab]
+        zt = lm_head_logits(teacher, hidden["teacher"][lo:hi])[:, :vocab]
+        if temp != 1.0:
+            zs, zt = zs.div_(temp), zt.div_(temp)
         store_chunk(out, lo, chunk_stats(zs, zt.to(s_dev), token_N[lo:hi], top_k, row_N[lo:hi]))
         del zs, zt
     out.update(row=row_N, t=t_N.astype(np.int32), token=token_N.numpy().astype(np.int32))

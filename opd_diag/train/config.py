@@ -60,7 +60,7 @@ class TrainConfig:
     # capture / logging
     capture_top_k: int = _h("k of the captured top-k lists and the overlap metrics", 16)
     capture_batch_size: int = _h("rollouts per capture forward", 64)
-    chunk_tokens: int | None = _h("positions per LM-head chunk (None: 16M / vocab)", None)
+    chunk_tokens: int | None = _h("positions per LM-head chunk (None: 32M / vocab)", None)
     states_every: int = _h("keep the states table every n-th step (scalars always)", 1)
     states_sample: float = _h("fraction of each kept step's rollouts whose top-k state rows are "
                               "stored (seeded per rollout); metrics.jsonl scalars stay exact over "

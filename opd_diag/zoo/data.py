@@ -12,22 +12,34 @@ import random
 
 import pandas as pd
 
-from ..tasks import get_task
+from ..tasks import Task, get_task
 
 EVAL_SEED = 1234
+#: OPD prompt pools by *content* for the content-alignment runs (the paper's phenomenon #17):
+#: name -> (operands, difficulty mixture). ``teacher`` is teacher-a's own training content (two
+#: operands, 1-5 digits uniform: its "RL data"); ``three-operand`` is the same skill on content
+#: no zoo model was trained on (three operands, 1-5 digits), our counterpart of the paper's
+#: DeepMath prompts deduplicated against the teacher's DAPO data (no three-operand problem can
+#: occur in a two-operand training stream). Both are scored on the same two-operand eval sets.
+CONTENT_POOLS: dict[str, tuple[int, tuple[tuple[int, float], ...]]] = {
+    "teacher": (2, ((1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0))),
+    "three-operand": (3, ((1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0))),
+}
 #: the standard eval subsets: name -> difficulties drawn uniformly
 SUBSETS: dict[str, tuple[int, ...]] = {"easy": (1, 2, 3), "4d": (4,), "5d": (5,)}
 
 
 def prompt_set(
-    task: str,
+    task: str | Task,
     template: str,
     mix: tuple[tuple[int, float], ...],
     n: int,
     seed: int,
 ) -> pd.DataFrame:
-    """``n`` prompts drawn from a difficulty mixture: columns ``prompt``, ``answer``, ``difficulty``."""
-    t = get_task(task)
+    """``n`` prompts drawn from a difficulty mixture: columns ``prompt``, ``answer``, ``difficulty``.
+
+    ``task``: a registered task's name or a :class:`~opd_diag.tasks.Task` instance."""
+    t = get_task(task) if isinstance(task, str) else task
     t.check_template(template)
     rng = random.Random(seed)
     diffs, weights = zip(*mix)
@@ -38,6 +50,19 @@ def prompt_set(
             {"prompt": t.render_prompt(p, template), "answer": p.answer, "difficulty": p.difficulty}
         )
     return pd.DataFrame(rows)
+
+
+def content_prompt_set(content: str, template: str, n: int, seed: int) -> pd.DataFrame:
+    """``n`` addition prompts of one :data:`CONTENT_POOLS` pool (columns as :func:`prompt_set`)."""
+    from ..core.errors import OpdDiagError
+    from ..tasks import AdditionTask
+
+    if content not in CONTENT_POOLS:
+        raise OpdDiagError(f"unknown content pool {content!r}; valid pools: "
+                           f"{', '.join(CONTENT_POOLS)}")
+    operands, mix = CONTENT_POOLS[content]
+    task = AdditionTask(f"addition-{operands}op", n_operands=operands, max_digits=5)
+    return prompt_set(task, template, mix, n, seed)
 
 
 def eval_set(

@@ -328,7 +328,9 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
         " 'not run' = no experiment at this scale yet, 'no' = tested and not reproduced, "
         "'partial' = one half of the claim holds and another does not, 'confounded' = a run in "
         "the comparison collapsed, 'undetermined' = the confidence interval cannot decide). Rows 7, 8 and 14 come from the zoo-v2 sweep "
-        "(`python -m opd_diag.zoo.v2.sweep`, `reports/zoo-v2-sweep.csv`).", "",
+        "(`python -m opd_diag.zoo.v2.sweep`, `reports/zoo-v2-sweep.csv`); row 17 from the "
+        "content-alignment runs (`opd_diag/zoo/content.py`, `reports/zoo-content.csv`, "
+        "`reports/zoo-content-items.csv`).", "",
         *(["**Held-out replication on zoo v2** (another task, tokenizer and models; both halves "
            "of each claim, 3 OPD seeds; `reports/zoo-v2-dynamics.csv`, "
            "`reports/zoo-v2-validation.csv`): "
@@ -368,6 +370,22 @@ def merge_phenomena(committed: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=fresh.columns)
 
 
+def _with_content(df: pd.DataFrame, out: Path, runs: Path) -> pd.DataFrame:
+    """Row 17 from the content runs under ``runs`` (their tables are rewritten) or, when there
+    are none, from the committed ``zoo-content*.csv`` under ``out``."""
+    from .content import apply_content, content_tables
+
+    win_path, items_path = out / "zoo-content.csv", out / "zoo-content-items.csv"
+    if runs.is_dir():
+        windows, items = content_tables(runs)
+        if len(items):
+            windows.to_csv(win_path, index=False)
+            items.to_csv(items_path, index=False)
+    if win_path.is_file() and items_path.is_file():
+        df = apply_content(df, pd.read_csv(win_path), pd.read_csv(items_path))
+    return df
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -382,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--v2-runs", default="runs/zoo-v2",
                     help="zoo-v2 protocol runs: their training dynamics are summarised into "
                     "reports/zoo-v2-dynamics.csv (kept as committed when missing)")
+    ap.add_argument("--content-runs", default=None,
+                    help="where the content-alignment runs are (row 17; default: --runs): "
+                    "summarised into reports/zoo-content*.csv (kept as committed when missing)")
     ap.add_argument("--sweep-only", action="store_true",
                     help="only re-score rows 7, 8, 14 of the committed tables from --sweep")
     args = ap.parse_args(argv)
@@ -411,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             dyn.to_csv(dyn_path, index=False)
     if dyn_path.is_file() and v2_out.is_file():
         df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out)))
+    df = _with_content(df, out, Path(args.content_runs or args.runs))
     df.to_csv(out / "zoo-phenomena.csv", index=False)
     val.to_csv(out / "zoo-validation.csv", index=False)
     (out / "zoo-phenomena.md").write_text(render(df, val))

@@ -21,6 +21,9 @@ import pandas as pd
 SUBSET_MAIN = "5d"
 
 
+CONTENT_SEEDS = (0, 1, 2)
+
+
 @dataclass(frozen=True)
 class ValidationRun:
     name: str
@@ -31,6 +34,8 @@ class ValidationRun:
     teacher: str | None = None  # override (alt teacher)
     coldstart: bool = False  # start from the student cold-started on the teacher's rollouts
     lr: float | None = None  # override the pair's OPD learning rate
+    content: str | None = None  # OPD prompt pool by content (zoo.data.CONTENT_POOLS)
+    seed: int = 0  # OPD seed (sampling, data order, torch)
 
 
 RUNS: tuple[ValidationRun, ...] = (
@@ -44,6 +49,12 @@ RUNS: tuple[ValidationRun, ...] = (
     ValidationRun("opd-reverse-alt", "reverse", steps=100, teacher="student-0-long"),
     ValidationRun("opd-template-misaligned", "template", steps=100),
     ValidationRun("opd-template-aligned", "template", steps=100, template="plain"),
+    # content alignment (#17): the success pair on teacher-a's own training content vs content
+    # no zoo model saw (three operands), same budget, 3 OPD seeds each
+    *(ValidationRun(f"opd-content-{name}-seed{seed}", "success", steps=100, content=pool,
+                    seed=seed)
+      for name, pool in (("aligned", "teacher"), ("unaligned", "three-operand"))
+      for seed in CONTENT_SEEDS),
 )
 
 
@@ -86,6 +97,7 @@ def run_one(root: str | Path, spec: ValidationRun, progress: bool = False) -> Pa
     from ..train.config import resolve_config
     from ..train.loop import train
     from . import get_pair, model_dir
+    from .data import content_prompt_set
 
     torch.set_num_threads(1)
     root = Path(root)
@@ -100,13 +112,16 @@ def run_one(root: str | Path, spec: ValidationRun, progress: bool = False) -> Pa
     cfg = resolve_config(preset="cpu-zoo", overrides={
         "objective": spec.objective, "steps": spec.steps, "lr": spec.lr or zp.hyper.lr,
         "eval_every": 25, "ckpt_every": 50, "states_every": 5, "checker": f"task:{zp.task}",
-        "max_new_tokens": zp.hyper.max_new_tokens})
-    return train(pair, validate_prompts(zp.prompts(1024, template=template)), out, cfg,
+        "max_new_tokens": zp.hyper.max_new_tokens, "seed": spec.seed})
+    prompts = (content_prompt_set(spec.content, template, 1024, seed=0) if spec.content
+               else zp.prompts(1024, template=template))
+    return train(pair, validate_prompts(prompts), out, cfg,
                  eval_prompts=evals, overwrite=True, progress=progress,
                  extra_meta={"zoo_validation": {"pair": spec.pair, "run": spec.name,
                                                 "template": template,
                                                 "teacher": spec.teacher or zp.teacher,
-                                                "coldstart": spec.coldstart}})
+                                                "coldstart": spec.coldstart,
+                                                "content": spec.content, "seed": spec.seed}})
 
 
 def validate(root: str | Path = "runs/examples", only: list[str] | None = None,

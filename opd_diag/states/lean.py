@@ -82,6 +82,17 @@ class LeanDecoder:
             self.values.append(V)
         mod = sys.modules[type(self.layers[0].self_attn).__module__]
         self._rotary = mod.apply_rotary_pos_emb
+        # the rotary cos/sin of every position this decode can reach, computed once by the
+        # model's own rotary module (elementwise in the position, so a table row is what a
+        # per-token call gives); "dynamic" scaling depends on the longest position seen, so it
+        # keeps the per-token call
+        self._rope_table = None
+        rope = getattr(self.inner, "rotary_emb", None)
+        if getattr(rope, "rope_type", "default") != "dynamic":
+            probe = self.inner.embed_tokens.weight[:1, None].detach()
+            everything = torch.arange(P + max_new, device=mask.device)[None]
+            cos, sin = rope(probe, everything)
+            self._rope_table = (cos[0], sin[0])
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -92,7 +103,10 @@ class LeanDecoder:
         # like the generic forward: no mask when nothing is padded (q_len 1 attends everywhere)
         mask = self.valid[:, None, None, :cur] if self.padded else None
         h = self.inner.embed_tokens(tokens[:, None])
-        cos, sin = self.inner.rotary_emb(h, positions)
+        if self._rope_table is not None:
+            cos, sin = self._rope_table[0][positions], self._rope_table[1][positions]
+        else:
+            cos, sin = self.inner.rotary_emb(h, positions)
         B = h.shape[0]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -116,3 +130,4 @@ class LeanDecoder:
             h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.model.lm_head(self.inner.norm(h))[:, -1]
+

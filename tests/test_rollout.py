@@ -162,3 +162,40 @@ def test_lean_decode_on_the_zoo_and_its_fallbacks():
     out = sample_batch(gpt2.eval(), [[5, 6, 7]], [0], SamplingConfig(max_new_tokens=5),
                        eos_ids=[2], pad_id=0)
     assert len(out[0][0]) >= 1
+
+
+def test_uniforms_drawn_at_once_equal_one_draw_per_token():
+    """The sampler draws a row's uniforms for every position at once; that must be the numbers
+    one draw per token would give (what makes samples independent of batching and length)."""
+    for n in (1, 7, 48, 1000):
+        g = torch.Generator().manual_seed(123)
+        at_once = torch.rand(n, generator=g)
+        g = torch.Generator().manual_seed(123)
+        assert torch.equal(at_once, torch.stack([torch.rand((), generator=g) for _ in range(n)]))
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "dynamic", "factor": 2.0}])
+def test_lean_decode_with_scaled_rope(rope):
+    """A linear-scaled rope goes through the precomputed cos/sin table, a dynamic one through the
+    per-token rotary call; both give the generic forward's samples."""
+    from opd_diag.states.lean import LeanDecoder
+    from opd_diag.states.rollout import SamplingConfig, sample_batch
+
+    model = _tiny_arch("llama")
+    model.config.rope_parameters = {**model.config.rope_parameters, **rope}
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+    assert model.model.rotary_emb.rope_type == rope["rope_type"]
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 64, (int(n),), generator=gen).tolist() for n in (3, 8, 5)]
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=40)
+    kw = dict(eos_ids=[2], pad_id=0)
+    assert sample_batch(model, prompts, [0, 1, 2], cfg, lean=True, **kw) == \
+        sample_batch(model, prompts, [0, 1, 2], cfg, lean=False, **kw)
+    from transformers import DynamicCache
+
+    kv = DynamicCache(config=model.config)
+    ids = torch.tensor([prompts[1]])
+    model(input_ids=ids, use_cache=True, past_key_values=kv)
+    dec = LeanDecoder(model, kv, torch.ones_like(ids), 4)
+    assert (dec._rope_table is None) == (rope["rope_type"] == "dynamic")

@@ -14,6 +14,7 @@ from .preflight import (
     PreflightConfig,
     Thresholds,
     Verdict,
+    check_ranking,
     rank_teachers,
     run_preflight,
 )
@@ -40,7 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BUDGETS", "CaptureConfig", "OpdDiagError", "PreflightConfig", "SamplingConfig", "Thresholds",
-    "Verdict", "list_probes", "load_model", "load_pair", "load_prompts", "load_run",
+    "Verdict", "check_ranking", "list_probes", "load_model", "load_pair", "load_prompts", "load_run",
     "make_verifier", "rank_teachers", "register_probe", "run_capture", "run_preflight", "run_probe",
     "score_states", "__version__", "plan_capture", "plan_preflight", "plan_train", "use_backend",
     "zoo",

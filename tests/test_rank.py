@@ -102,3 +102,83 @@ def test_model_names_of_both_zoo_families_resolve():
     assert _model_path("v2-teacher-a") == model_dir("v2-teacher-a")  # zoo v2 names too
     with pytest.raises(OpdDiagError, match="neither a model directory"):
         _model_path("v3-teacher")
+
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+
+
+def _outcomes(accs: dict[str, float], n: int = 200, seeds=(0, 1)) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.concat([pd.DataFrame({"teacher": t, "seed": s, "item": np.arange(n),
+                                    "correct": (rng.random(n) < a).astype(int)})
+                      for t, a in accs.items() for s in seeds], ignore_index=True)
+
+
+def test_check_ranking_agree_wrong_undetermined():
+    from opd_diag import check_ranking
+    from opd_diag.preflight.rank_check import summarize_check
+
+    ranking = pd.DataFrame({"teacher": ["a", "b", "c"], "rank": [1, 2, 3]})
+    check = check_ranking(ranking, _outcomes({"a": 0.8, "b": 0.4, "c": 0.41}))
+    res = dict(zip(zip(check.higher, check.lower), check.result))
+    assert res == {("a", "b"): "agree", ("a", "c"): "agree", ("b", "c"): "undetermined"}
+    assert summarize_check(check).endswith("the ranking holds")
+    wrong = check_ranking(ranking, _outcomes({"a": 0.2, "b": 0.7}))  # c has no outcomes
+    assert list(wrong.result) == ["wrong"]
+    assert "is contradicted" in summarize_check(wrong)
+    # seeds are averaged per item before the paired bootstrap; bools are accepted
+    bools = _outcomes({"a": 0.8, "b": 0.4}).assign(correct=lambda d: d.correct.astype(bool))
+    assert list(check_ranking(ranking, bools).result) == ["agree"]
+
+
+@pytest.mark.parametrize("outcomes, phrase", [
+    (pd.DataFrame({"teacher": ["a"], "item": [0]}), "missing column"),
+    (pd.DataFrame({"teacher": ["a", "b"], "item": [0, 0], "correct": [1, 2]}), "row 2 has correct=.2."),
+    (pd.DataFrame({"teacher": ["a", "b", "b"], "item": [0, 0, 1], "correct": [1, 0, 1]}),
+     "lack some eval items"),
+    (pd.DataFrame({"teacher": ["a", "z"], "item": [0, 0], "correct": [1, 0]}), "not in the ranking"),
+    (pd.DataFrame({"teacher": ["a"], "item": [0], "correct": [1]}), "at least two ranked"),
+])
+def test_check_ranking_bad_outcomes(outcomes, phrase):
+    from opd_diag import check_ranking
+
+    ranking = pd.DataFrame({"teacher": ["a", "b"], "rank": [1, 2]})
+    with pytest.raises(OpdDiagError, match=phrase):
+        check_ranking(ranking, outcomes)
+
+
+def test_rank_check_cli(tmp_path, capsys):
+    ranking, outcomes = tmp_path / "rk", tmp_path / "outcomes.parquet"
+    ranking.mkdir()
+    pd.DataFrame({"teacher": ["a", "b"], "rank": [1, 2]}).to_csv(ranking / "ranking.csv", index=False)
+    _outcomes({"a": 0.8, "b": 0.3}).to_parquet(outcomes)
+    out = tmp_path / "check.csv"
+    assert main(["rank-check", "--ranking", str(ranking), "--outcomes", str(outcomes),
+                 "--out", str(out)]) == 0
+    assert "1 agree, 0 wrong, 0 undetermined of 1 pairs: the ranking holds" in capsys.readouterr().out
+    assert pd.read_csv(out).result.tolist() == ["agree"]
+    assert main(["rank-check", "--ranking", str(ranking), "--outcomes",
+                 str(tmp_path / "nope.csv")]) == 2
+    assert "outcomes" in capsys.readouterr().err and not (tmp_path / "nope.csv").exists()
+    (tmp_path / "bad.csv").write_text("teacher,item\na,0\n")
+    assert main(["rank-check", "--ranking", str(ranking), "--outcomes",
+                 str(tmp_path / "bad.csv")]) == 2
+    assert "missing column" in capsys.readouterr().err
+
+
+def test_heldout_v2_ranking_check_rederived_from_committed_items():
+    """The held-out check of the v2 ranking: outcomes from the protocol's per-item table, the
+    pairwise check from those outcomes and the committed ranking (rank-check's own code)."""
+    from opd_diag import check_ranking
+    from opd_diag.zoo.v2.validate import rank_outcomes
+
+    items = pd.read_csv(REPORTS / "zoo-v2-eval-items.csv")
+    outcomes = pd.read_csv(REPORTS / "rank-v2-outcomes.csv")
+    pd.testing.assert_frame_equal(rank_outcomes(items), outcomes, check_dtype=False)
+    check = check_ranking(REPORTS / "rank-v2-ranking.csv", outcomes)
+    pd.testing.assert_frame_equal(check, pd.read_csv(REPORTS / "rank-v2-check.csv"),
+                                  check_dtype=False)
+    res = dict(zip(zip(check.higher, check.lower), check.result))
+    assert res[("v2-teacher-a", "v2-teacher-b")] == "agree"
+    assert res[("v2-student-partial-long", "v2-teacher-b")] == "agree"
+    assert res[("v2-teacher-a", "v2-student-partial-long")] == "undetermined"

@@ -59,6 +59,45 @@ def register(sub) -> None:
     add_backend_args(p)
     p.set_defaults(func=cmd_rank)
 
+    c = sub.add_parser(
+        "rank-check", help="check a teacher ranking against the OPD outcomes measured afterwards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare rank-teachers' ranking.csv with per-item outcomes of the students "
+        "distilled from (some of) the candidates, pair by pair: the paired 95% bootstrap CI of "
+        "the accuracy difference (higher-ranked - lower-ranked, resampling eval items, seeds "
+        "averaged per item) says agree (> 0), wrong (< 0) or undetermined (contains 0). The "
+        "ranking holds when no pair is wrong and one agrees. Outcomes: CSV or parquet with "
+        "columns teacher (the ranking's names), item, correct (0/1) and optionally seed; every "
+        "teacher scored on the same items.\n\n"
+        "  opd-diag rank-check --ranking runs/rank/ranking.csv --outcomes outcomes.csv",
+    )
+    c.add_argument("--ranking", required=True, help="rank-teachers' ranking.csv (or its directory)")
+    c.add_argument("--outcomes", required=True, help="per-item outcomes (CSV or parquet)")
+    c.add_argument("--out", default=None, help="write the pairwise table here (CSV)")
+    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    c.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.set_defaults(func=cmd_rank_check)
+
+
+def cmd_rank_check(args) -> int:
+    from ..preflight.rank_check import check_ranking, summarize_check
+
+    ranking = Path(args.ranking)
+    if ranking.is_dir():
+        ranking = ranking / "ranking.csv"
+    check = check_ranking(ranking, args.outcomes, n_boot=args.n_boot, seed=args.boot_seed)
+    print(check.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(summarize_check(check))
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise OpdDiagError(f"--out {out} is a directory; give a CSV file path")
+        tmp = out.with_name(f".{out.name}.tmp")
+        check.to_csv(tmp, index=False)
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
+
 
 def _model_path(value: str) -> Path:
     from ..zoo import list_models, model_dir

@@ -12,8 +12,9 @@ orchestration (:mod:`.run`) and the teacher ranking (:mod:`.rank`). May import `
 
 from .budgets import BUDGETS, PreflightConfig
 from .rank import Ranking, rank_teachers
+from .rank_check import check_ranking
 from .rules import EXIT_CODES, VERDICTS, Thresholds, Verdict, decide, overall
 from .run import load_verdict, run_preflight
 
 __all__ = ["BUDGETS", "EXIT_CODES", "VERDICTS", "PreflightConfig", "Thresholds", "Verdict",
-           "Ranking", "decide", "load_verdict", "overall", "rank_teachers", "run_preflight"]
+           "Ranking", "check_ranking", "decide", "load_verdict", "overall", "rank_teachers", "run_preflight"]

@@ -197,6 +197,23 @@ def validate(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2
     return summarize(root, n_eval)
 
 
+#: the held-out teacher-ranking check (``opd-diag rank-teachers --pair v2-success``): each
+#: candidate teacher of v2-student-partial -> the protocol pair that distilled it into that student
+RANK_PAIRS = {"v2-teacher-a": "v2-success", "v2-student-partial-long": "v2-no-novelty",
+              "v2-teacher-b": "v2-incompatible"}
+
+
+def rank_outcomes(items: pd.DataFrame, subset: str = "hard") -> pd.DataFrame:
+    """The ``opd-diag rank-check`` outcomes table of the v2 ranking: per candidate teacher, the
+    distilled student's per-item correctness on ``subset`` (every OPD seed), from the protocol's
+    per-item table (``reports/zoo-v2-eval-items.csv``)."""
+    after = items[(items.role == "after") & (items.subset == subset)
+                  & items.pair.isin(list(RANK_PAIRS.values()))]
+    teacher = {v: k for k, v in RANK_PAIRS.items()}
+    return pd.DataFrame({"teacher": after.pair.map(teacher), "seed": after.seed,
+                         "item": after["item"], "correct": after.correct}).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -167,7 +167,7 @@ def test_realistic_shape_plan_from_config_only():
                               template_check=False)
     plan = Plan("preflight", {"student": shape, "teacher": teacher}, stages, 16,
                 chunk_for(V, None))
-    assert plan.chunk_tokens == 110  # 16M floats / 151,936: the 64 MB chunk of capture.py
+    assert plan.chunk_tokens == 220  # 32M floats / 151,936: the 128 MB chunk of capture.py
     sampled = plan.sampled_tokens()
     assert sampled["student"] == (256 + 16 * 4 * 2 + 64 * 8) * 16_384
     mem = plan.memory()

@@ -188,3 +188,38 @@ def test_content_row_rederived_from_committed_tables():
     again = apply_content(df, windows, items)
     pd.testing.assert_frame_equal(again, df, check_dtype=False)
     assert set(items.seed) == {0, 1, 2} and set(items.pool) == {"aligned", "unaligned"}
+
+
+def test_sweep_three_seed_family_averages_seeds_and_decides_row_14():
+    import numpy as np
+
+    from opd_diag.zoo.v2.sweep import FAMILY_3SEEDS, claims, row_status
+
+    rng = np.random.default_rng(0)
+    n = 200
+    rows = []
+
+    def add(variant, seed, p, clipped=0.0):
+        rows.append(pd.DataFrame({"pair": "v2-long-horizon", "variant": variant, "seed": seed,
+                                  "subset": "hard", "item": np.arange(n),
+                                  "correct": (rng.random(n) < p).astype(int),
+                                  "clipped_last10": clipped}))
+
+    add("before", 0, 0.1, np.nan)
+    add("teacher", 0, 0.8, np.nan)
+    for seed in (0, 1, 2):
+        add("reverse_kl", seed, 0.6)
+        add("maxlen256", seed, 0.3)
+        add("maxlen448", seed, 0.35 if seed == 0 else 0.2)
+    c = claims(pd.concat(rows, ignore_index=True))
+    x3 = c[c.family == FAMILY_3SEEDS].set_index("variant")
+    items = pd.concat(rows)
+    seed_mean = items[items.variant == "maxlen448"].groupby("item").correct.mean().mean()
+    assert x3.loc["maxlen448", "acc_variant"] == pytest.approx(seed_mean)
+    assert set(x3.result) == {"holds"}
+    status, family = row_status(c[c.id == 14])
+    assert (status, family) == ("yes", FAMILY_3SEEDS)
+    # without seeds 1, 2 the 3-seed family is "not run" and the one-seed family decides
+    one = claims(items[items.seed == 0])
+    assert set(one[one.family == FAMILY_3SEEDS].result) == {"not run"}
+    assert row_status(one[one.id == 14])[1] == "lr3e-4"

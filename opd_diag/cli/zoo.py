@@ -58,6 +58,9 @@ def register(sub) -> None:
     p.add_argument("--runs", default="runs/zoo-v2", help="runs directory (default runs/zoo-v2)")
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="VARIANT",
                    help=f"subset of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
+                   help="OPD seeds to run (default 0; #14's 3-seed family: --variants reverse_kl "
+                   "maxlen256 maxlen448 --seeds 0 1 2)")
     p.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
     p.add_argument("--n-eval", type=int, default=100, help="eval items per subset (default 100)")
     p.add_argument("--reports", default="reports", help="where the tables go (default reports)")
@@ -74,7 +77,8 @@ def cmd_sweep(args) -> int:
     sweep_main(["--runs", args.runs, "--n-eval", str(args.n_eval), "--workers", str(args.workers),
                 "--out", str(out / "zoo-v2-sweep.csv"),
                 "--items", str(out / "zoo-v2-sweep-items.csv"),
-                *(["--variants", *args.variants] if args.variants else [])])
+                *(["--variants", *args.variants] if args.variants else []),
+                *(["--seeds", *map(str, args.seeds)] if args.seeds else [])])
     if (out / "zoo-phenomena.csv").is_file():
         return phenomena.main(["--out", str(out), "--sweep", str(out / "zoo-v2-sweep.csv"),
                                "--sweep-only"])

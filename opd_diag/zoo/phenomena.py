@@ -305,7 +305,8 @@ def apply_sweep(df: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
                          f"{h.diff_ci_high:+.2f}]{why})")
         decided = ("confounded in every learning-rate family" if status == "confounded"
                    else f"decided by {family}")
-        ours = f"{SWEEP_PAIR}, hard, 1 OPD seed, 100 items; {decided}: " + "; ".join(parts)
+        ours = (f"{SWEEP_PAIR}, hard, 100 items, OPD seed 0 (a 'x3 seeds' family averages seeds "
+                f"0-2 per item); {decided}: " + "; ".join(parts))
         i = out.index[out.id == pid]
         out.loc[i, "ours"] = ours
         out.loc[i, "reproduced"] = status

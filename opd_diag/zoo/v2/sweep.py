@@ -74,8 +74,14 @@ _CLAIMS_MAIN: tuple[tuple[int, str, str, str, str], ...] = (
     (14, "a long cap (448) is worse than 320 (long runs collapse)", "maxlen448", "reverse_kl",
      "worse"),
 )
+#: #14 again over OPD seeds 0, 1, 2 (per-item accuracy averaged over seeds, then the same paired
+#: bootstrap over items): added after the one-seed sweep left its second half undetermined; a
+#: family listed first decides a row when its runs exist (:func:`row_status`)
+FAMILY_3SEEDS = "lr3e-4 x3 seeds"
+FAMILY_SEEDS: dict[str, tuple[int, ...]] = {FAMILY_3SEEDS: (0, 1, 2)}
 #: (family, id, half, variant, reference, relation): the objective claims again at ``LOW_LR``
 CLAIMS: tuple[tuple[str, int, str, str, str, str], ...] = (
+    *((FAMILY_3SEEDS, *c) for c in _CLAIMS_MAIN if c[0] == 14),
     *(("lr3e-4", *c) for c in _CLAIMS_MAIN),
     *((f"lr{LOW_LR:g}", pid, half, f"{v}-lr{LOW_LR:g}", f"{r}-lr{LOW_LR:g}", rel)
       for pid, half, v, r, rel in _CLAIMS_MAIN if pid in (7, 8)),
@@ -87,14 +93,14 @@ COLLAPSE_CLIPPED = 0.5
 N_BOOT = 2000
 
 
-def run_dir(root: Path, variant: str) -> Path:
+def run_dir(root: Path, variant: str, seed: int = SEED) -> Path:
     tag = "" if variant == "reverse_kl" else variant
-    return root / (f"{SWEEP_PAIR}-{tag}-seed{SEED}" if tag else f"{SWEEP_PAIR}-seed{SEED}")
+    return root / (f"{SWEEP_PAIR}-{tag}-seed{seed}" if tag else f"{SWEEP_PAIR}-seed{seed}")
 
 
-def _run(root: str, variant: str, n_eval: int) -> Path:
+def _run(root: str, variant: str, n_eval: int, seed: int = SEED) -> Path:
     overrides = VARIANTS[variant]
-    return run_one(root, SWEEP_PAIR, SEED, n_eval, overrides=overrides or None,
+    return run_one(root, SWEEP_PAIR, seed, n_eval, overrides=overrides or None,
                    tag="" if variant == "reverse_kl" else variant)
 
 
@@ -106,18 +112,21 @@ def items(root: str | Path, n_eval: int) -> pd.DataFrame:
     main = _main_subset(pair)
     parts = {"before": _baseline(root, SWEEP_PAIR, "student", n_eval),
              "teacher": _baseline(root, SWEEP_PAIR, "teacher", n_eval)}
-    clipped = {"before": np.nan, "teacher": np.nan}
+    parts = {(name, SEED): df for name, df in parts.items()}
+    clipped = {("before", SEED): np.nan, ("teacher", SEED): np.nan}
+    seeds = sorted({SEED, *(s for ss in FAMILY_SEEDS.values() for s in ss)})
     for v in VARIANTS:
-        path = run_dir(root, v) / "v2_eval.parquet"
-        if path.is_file():
-            parts[v] = pd.read_parquet(path)
-            m = pd.read_json(run_dir(root, v) / "metrics.jsonl", lines=True)
-            clipped[v] = float(m.clipped_ratio.iloc[-10:].mean())
-    frames = [pd.DataFrame({"pair": SWEEP_PAIR, "variant": name, "seed": SEED, "subset": main,
+        for seed in seeds:
+            path = run_dir(root, v, seed) / "v2_eval.parquet"
+            if path.is_file():
+                parts[v, seed] = pd.read_parquet(path)
+                m = pd.read_json(run_dir(root, v, seed) / "metrics.jsonl", lines=True)
+                clipped[v, seed] = float(m.clipped_ratio.iloc[-10:].mean())
+    frames = [pd.DataFrame({"pair": SWEEP_PAIR, "variant": name, "seed": seed, "subset": main,
                             "item": np.arange(int((df.subset == main).sum())),
                             "correct": df[df.subset == main].correct.astype(int).to_numpy(),
-                            "clipped_last10": clipped[name]})
-              for name, df in parts.items()]
+                            "clipped_last10": clipped[name, seed]})
+              for (name, seed), df in parts.items()]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -149,31 +158,51 @@ def judge(relation: str, point: float, lo: float, hi: float, reference_learned: 
     raise ValueError(f"unknown relation {relation!r}")
 
 
+CLAIM_COLUMNS = ["family", "id", "half", "variant", "reference", "relation", "acc_before",
+                 "acc_teacher", "acc_variant", "acc_reference", "reference_gain_ci_low", "diff",
+                 "diff_ci_low", "diff_ci_high", "clipped_variant", "clipped_reference",
+                 "collapsed", "result"]
+
+
 def claims(table: pd.DataFrame) -> pd.DataFrame:
     """One row per claim half, derived from the per-item table (pure: the tests re-derive the
     committed ``reports/zoo-v2-sweep.csv`` with it)."""
-    acc = {v: g.sort_values("item").correct.to_numpy(float) for v, g in table.groupby("variant")}
-    clipped = table.groupby("variant").clipped_last10.first()
-    before = acc["before"]
+    per_seed = {(v, s): g.sort_values("item") for (v, s), g in table.groupby(["variant", "seed"])}
+
+    def acc_of(variant: str, seeds: tuple[int, ...]):
+        """Per-item accuracy averaged over ``seeds`` and the largest clipped share among them
+        (``None`` unless every seed's run exists)."""
+        if any((variant, s) not in per_seed for s in seeds):
+            return None, np.nan
+        runs = [per_seed[variant, s] for s in seeds]
+        return (np.mean([r.correct.to_numpy(float) for r in runs], axis=0),
+                max(float(r.clipped_last10.iloc[0]) for r in runs))
+
+    before = acc_of("before", (SEED,))[0]
+    teacher = acc_of("teacher", (SEED,))[0]
     rows = []
     for family, pid, half, var, ref, rel in CLAIMS:
         row = {"family": family, "id": pid, "half": half, "variant": var, "reference": ref,
                "relation": rel}
-        if var not in acc or ref not in acc:
+        seeds = FAMILY_SEEDS.get(family, (SEED,))
+        (a_var, c_var), (a_ref, c_ref) = acc_of(var, seeds), acc_of(ref, seeds)
+        if a_var is None or a_ref is None:
             rows.append(row | {"result": "not run"})
             continue
+        acc = {var: a_var, ref: a_ref}
+        clipped = {var: c_var, ref: c_ref}
         _, glo, _ = _paired_diff_ci(acc[ref], before)
         point, lo, hi = _paired_diff_ci(acc[var], acc[ref])
         collapsed = [v for v in (var, ref) if clipped[v] >= COLLAPSE_CLIPPED]
         result = ("confounded" if collapsed
                   else judge(rel, point, lo, hi, reference_learned=glo > 0))
-        rows.append(row | {"acc_before": before.mean(), "acc_teacher": acc["teacher"].mean(),
+        rows.append(row | {"acc_before": before.mean(), "acc_teacher": teacher.mean(),
                            "acc_variant": acc[var].mean(), "acc_reference": acc[ref].mean(),
                            "reference_gain_ci_low": glo, "diff": point, "diff_ci_low": lo,
                            "diff_ci_high": hi, "clipped_variant": clipped[var],
                            "clipped_reference": clipped[ref],
                            "collapsed": " ".join(collapsed), "result": result})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 def phenomenon_status(results: list[str]) -> str:
@@ -205,13 +234,16 @@ def row_status(halves: pd.DataFrame) -> tuple[str, str]:
 
 
 def sweep(root: str | Path = "runs/zoo-v2", n_eval: int = 100, workers: int = 2,
-          variants: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+          variants: list[str] | None = None, seeds: tuple[int, ...] = (SEED,)
+          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``variants`` (default: all) at ``seeds`` (complete runs are reused) and score them.
+    The 3-seed family of #14: ``--variants reverse_kl maxlen256 maxlen448 --seeds 0 1 2``."""
     names = variants or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(_run, str(root), v, n_eval) for v in names]:
+        for f in [pool.submit(_run, str(root), v, n_eval, s) for s in seeds for v in names]:
             print(f"[zoo-v2 sweep] done: {f.result()}", flush=True)
     table = items(root, n_eval)
     return claims(table), table
@@ -223,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/zoo-v2")
     ap.add_argument("--variants", nargs="*", help=f"default: all of {list(VARIANTS)}")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[SEED],
+                    help=f"OPD seeds to run (default {SEED}; the x3 family uses 0 1 2)")
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="reports/zoo-v2-sweep.csv")
@@ -233,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         table = items(args.runs, args.n_eval)
         df = claims(table)
     else:
-        df, table = sweep(args.runs, args.n_eval, args.workers, args.variants)
+        df, table = sweep(args.runs, args.n_eval, args.workers, args.variants, tuple(args.seeds))
     from ...core.runs import _atomic_write_bytes
 
     for path, t in ((args.out, df), (args.items, table)):

@@ -78,10 +78,15 @@ _CLAIMS_MAIN: tuple[tuple[int, str, str, str, str], ...] = (
 #: bootstrap over items): added after the one-seed sweep left its second half undetermined; a
 #: family listed first decides a row when its runs exist (:func:`row_status`)
 FAMILY_3SEEDS = "lr3e-4 x3 seeds"
-FAMILY_SEEDS: dict[str, tuple[int, ...]] = {FAMILY_3SEEDS: (0, 1, 2)}
+#: the same for the objective claims (#7, #8) at ``LOW_LR``, added for the same reason
+FAMILY_LOW_3SEEDS = f"lr{LOW_LR:g} x3 seeds"
+FAMILY_SEEDS: dict[str, tuple[int, ...]] = {FAMILY_3SEEDS: (0, 1, 2),
+                                            FAMILY_LOW_3SEEDS: (0, 1, 2)}
 #: (family, id, half, variant, reference, relation): the objective claims again at ``LOW_LR``
 CLAIMS: tuple[tuple[str, int, str, str, str, str], ...] = (
     *((FAMILY_3SEEDS, *c) for c in _CLAIMS_MAIN if c[0] == 14),
+    *((FAMILY_LOW_3SEEDS, pid, half, f"{v}-lr{LOW_LR:g}", f"{r}-lr{LOW_LR:g}", rel)
+      for pid, half, v, r, rel in _CLAIMS_MAIN if pid in (7, 8)),
     *(("lr3e-4", *c) for c in _CLAIMS_MAIN),
     *((f"lr{LOW_LR:g}", pid, half, f"{v}-lr{LOW_LR:g}", f"{r}-lr{LOW_LR:g}", rel)
       for pid, half, v, r, rel in _CLAIMS_MAIN if pid in (7, 8)),

@@ -41,7 +41,7 @@ from ..core.errors import OpdDiagError
 _CHUNK_ELEMENTS = 1 << 25
 # On CPU the statistics walk a chunk in blocks of rows that stay in cache (4 MB per [rows, V]
 # float32 block): the exp, dot-product, top-k and rank passes then read each block from cache
-# instead of streaming the whole 64 MB chunk from memory once per pass (3x faster at V = 152K).
+# instead of streaming the whole chunk from memory once per pass (3x faster at V = 152K).
 _BLOCK_ELEMENTS = 1 << 20
 
 

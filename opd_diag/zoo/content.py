@@ -87,8 +87,9 @@ def accuracy_half(items: pd.DataFrame, seed: int = 0) -> dict:
     wide = wide.dropna()
     if not len(wide) or not {"aligned", "unaligned"} <= set(wide.columns):
         return {"result": "not run"}
-    d = (wide.aligned - wide.unaligned).to_numpy(float)
-    groups = [g.to_numpy(float) for _, g in (wide.aligned - wide.unaligned).groupby(level=0)]
+    diff = wide.aligned - wide.unaligned
+    d = diff.to_numpy(float)
+    groups = [g.to_numpy(float) for _, g in diff.groupby(level=0)]
     rng = np.random.default_rng(seed)
     boots = np.array([np.mean(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]))
                       for _ in range(N_BOOT)])

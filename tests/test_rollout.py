@@ -199,3 +199,40 @@ def test_lean_decode_with_scaled_rope(rope):
     model(input_ids=ids, use_cache=True, past_key_values=kv)
     dec = LeanDecoder(model, kv, torch.ones_like(ids), 4)
     assert (dec._rope_table is None) == (rope["rope_type"] == "dynamic")
+
+
+def test_compiled_decode_gives_the_lean_samples(monkeypatch):
+    """--backend hf-compile: one torch.compile-d decode iteration gives the lean decode's samples
+    (qwen3: q/k norms and grouped kv heads; left-padded rows), a batch of another shape reuses
+    the compile, and weights changed in place (an optimizer step) are the ones sampled from."""
+    import opd_diag.states.rollout as R
+
+    model = _tiny_arch("qwen3")
+    gen = torch.Generator().manual_seed(3)
+    kw = dict(eos_ids=[2], pad_id=0)
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=40)
+
+    def both(lengths, seeds):
+        prompts = [torch.randint(3, 64, (n,), generator=gen).tolist() for n in lengths]
+        lean = R.sample_batch(model, prompts, seeds, cfg, **kw)
+        compiled = R.sample_batch(model, prompts, seeds, cfg, compile=True, **kw)
+        assert compiled == lean
+        assert max(len(c) for c, _ in lean) > 10
+        return lean
+
+    both((3, 7, 5, 9), [0, 1, 2, 3])
+    before = both((4, 11, 6), [4, 5, 6])
+    with torch.no_grad():  # an in-place update, like AdamW's
+        model.lm_head.weight.mul_(3.0)
+    gen.manual_seed(3)
+    both((3, 7, 5, 9), [0, 1, 2, 3])
+    assert both((4, 11, 6), [4, 5, 6]) != before
+
+    def broken():
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(R, "_compiled_advance", broken)
+    with pytest.raises(OpdDiagError, match="torch.compile of the decode step failed.*hf"):
+        R.sample_batch(model, [[5, 6, 7]], [0], cfg, compile=True, **kw)

@@ -166,3 +166,15 @@ def test_corrupt_shard_names_file_and_fix(tmp_path):
     shard.write_bytes(shard.read_bytes()[:10])
     with pytest.raises(OpdDiagError, match="part-000000.parquet is truncated or corrupt.*--resume"):
         read_table(tmp_path / "t.parquet")
+
+
+def test_write_csv_is_atomic_and_names_a_bad_path(tmp_path):
+    from opd_diag.core.runs import write_csv
+
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    write_csv(tmp_path / "t.csv", df)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), df)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no temporary file left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OpdDiagError, match="cannot write .*file/t.csv"):
+        write_csv(tmp_path / "file" / "t.csv", df)

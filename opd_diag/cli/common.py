@@ -113,10 +113,13 @@ def add_backend_args(p: argparse.ArgumentParser, dry_run: bool = True) -> None:
     """``--backend`` / ``--gpu-memory-utilization`` (and ``--dry-run``): how sampling runs, and
     what it will cost (docs/real-models.md)."""
     g = p.add_argument_group("speed and cost (docs/real-models.md)")
-    g.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+    g.add_argument("--backend", choices=["hf", "hf-compile", "vllm"], default="hf",
                    help="sampling backend for every rollout, continuation and frontier sample: "
-                   "hf (default) or vllm (needs vLLM and a GPU; same rollouts table and seeds, "
-                   "not bit-identical samples); scoring is always the HF capture engine")
+                   "hf (default); hf-compile (hf with each decode step torch.compile-d: faster "
+                   "on small models, the first batch pays a compile of tens of seconds, needs a "
+                   "C++ compiler on CPU; same samples up to float summation order); or vllm "
+                   "(needs vLLM and a GPU; same rollouts table and seeds, not bit-identical "
+                   "samples); scoring is always the HF capture engine")
     g.add_argument("--gpu-memory-utilization", type=finite_float(0, 1, lo_open=True),
                    default=0.3,
                    help="vllm: GPU memory fraction each vLLM engine pre-allocates (student and "

@@ -294,6 +294,48 @@ def reverse_kl_loss(student_logp_N_V: torch.Tensor, teacher_logp_N_V: torch.Tens
     return reverse_kl(student_logp_N_V, teacher_logp_N_V)
 
 
+class _KLFromStats(torch.autograd.Function):
+    """See :func:`kl_loss_from_stats`."""
+
+    @staticmethod
+    def forward(ctx, zs_N_V, zt_N_V, lse_s_N, lse_t_N, value_N, reverse: bool):
+        ctx.save_for_backward(zs_N_V, zt_N_V, lse_s_N, lse_t_N)
+        ctx.reverse = reverse
+        return value_N.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_N):
+        zs, zt, lse_s, lse_t = ctx.saved_tensors
+        logp = zs.detach() - lse_s[:, None]
+        p = logp.exp()
+        logq = zt - lse_t[:, None]
+        if ctx.reverse:  # p (log p − log q − KL(p‖q)), 0·log 0 terms as 0
+            d = torch.where(p > 0, logp.sub_(logq), 0.0)
+            grad = p * d.sub_((p * d).sum(-1, keepdim=True))
+        else:  # p − q
+            grad = p.sub_(logq.exp_())
+        return grad.mul_(grad_N[:, None]), None, None, None, None, None
+
+
+def kl_loss_from_stats(zs_N_V: torch.Tensor, zt_N_V: torch.Tensor, lse_s_N: torch.Tensor,
+                       lse_t_N: torch.Tensor, value_N: torch.Tensor, reverse: bool = True
+                       ) -> torch.Tensor:
+    """Full-vocabulary KL per token between ``softmax(zs)`` and ``softmax(zt)``, differentiable
+    in the student logits ``zs``, from statistics already computed.
+
+    The OPD loop's capture engine has each position's normalisers and exact KLs
+    (:func:`softmax_dots`, :func:`entropy_and_kls_from_dots`) from the same logits, so the
+    loss *value* is ``value_N`` (``KL(p‖q)`` with ``reverse``, else ``KL(q‖p)``) and only the
+    gradient is computed, in backward, with the closed forms of :func:`reverse_kl_loss`
+    (``p (log p − log q − KL)``) and :func:`forward_kl_loss` (``p − q``). That replaces the
+    log-softmax, exp and product passes of the autograd form (and the ``[N, V]`` tensors they
+    keep for backward) by one recomputation from the logits. ``zt`` and the statistics carry no
+    gradient.
+    """
+    return _KLFromStats.apply(zs_N_V, zt_N_V.detach(), lse_s_N.detach(), lse_t_N.detach(),
+                              value_N, reverse)
+
+
 def forward_kl_loss(student_logp_N_V: torch.Tensor, teacher_logp_N_V: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary forward KL(q‖p) at student-visited states (TRL ``beta=0``).
 

@@ -93,6 +93,14 @@ def write_parquet(path: Path, df: pd.DataFrame | pa.Table) -> None:
         raise OpdDiagError(f"cannot write {path}: {exc} (disk full or read-only?)") from exc
 
 
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Write one CSV table atomically (a killed writer leaves the old file or none)."""
+    try:
+        _atomic_write_bytes(Path(path), lambda tmp: df.to_csv(tmp, index=False))
+    except OSError as exc:
+        raise OpdDiagError(f"cannot write {path}: {exc} (disk full or read-only?)") from exc
+
+
 def append_jsonl(path: Path, row: dict) -> None:
     """Append one JSON line and fsync it; readers drop a torn last line."""
     line = json.dumps(row, default=_json_default) + "\n"

@@ -1,7 +1,9 @@
 """Sampling backends: every rollout, continuation and frontier sample goes through one of these.
 
-``--backend hf`` (default) is :func:`opd_diag.states.rollout.sample_batch`; ``--backend vllm``
-samples with vLLM (:mod:`.vllm`). Scoring never goes through a backend: the states table is
+``--backend hf`` (default) is :func:`opd_diag.states.rollout.sample_batch`; ``--backend
+hf-compile`` is the same sampler with each decode iteration ``torch.compile``-d (small models,
+where a decode step is per-op overhead, not arithmetic; the first batch pays the compile);
+``--backend vllm`` samples with vLLM (:mod:`.vllm`). Scoring never goes through a backend: the states table is
 always computed by the HF capture engine (exact full-vocabulary statistics).
 
 Both backends take the same arguments and return the same ``(completion_ids, stop_reason)`` per
@@ -26,19 +28,29 @@ from contextlib import contextmanager
 from ..core.errors import OpdDiagError
 from .rollout import SamplingConfig, sample_batch
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "hf-compile", "vllm")
 
 
 class HFBackend:
-    """HF sampling: left-padded, KV-cached, one generator per row (:func:`sample_batch`)."""
+    """HF sampling: left-padded, KV-cached, one generator per row (:func:`sample_batch`).
+
+    Args:
+        compile: ``torch.compile`` each decode iteration (``--backend hf-compile``); same
+            samples as the uncompiled lean decode up to floating-point summation order.
+    """
 
     name = "hf"
+    compile = False
+
+    def __init__(self, compile: bool = False) -> None:
+        if compile:
+            self.compile, self.name = True, "hf-compile"
 
     def sample(self, model, prompt_ids: list[list[int]], seeds: list[int], cfg: SamplingConfig,
                *, eos_ids: list[int], pad_id: int, vocab_limit: int | None = None
                ) -> list[tuple[list[int], str]]:
         return sample_batch(model, prompt_ids, seeds, cfg, eos_ids=eos_ids, pad_id=pad_id,
-                            vocab_limit=vocab_limit)
+                            vocab_limit=vocab_limit, compile=self.compile)
 
     def sync_weights(self, model) -> None:
         """Nothing to do: HF samples from the training model itself."""
@@ -112,12 +124,12 @@ _CURRENT: contextvars.ContextVar = contextvars.ContextVar("opd_diag_backend", de
 
 
 def make_backend(backend: str | HFBackend | VLLMBackend | None = None, **kwargs):
-    """A backend from its name (``"hf"`` / ``"vllm"``) or an existing backend object.
+    """A backend from its name (``"hf"`` / ``"hf-compile"`` / ``"vllm"``) or an existing backend object.
 
     Raises :class:`OpdDiagError` for an unknown name, or for ``"vllm"`` without vLLM installed.
     """
-    if backend is None or backend == "hf":
-        return HFBackend()  # the vLLM options (kwargs) do not apply
+    if backend is None or backend in ("hf", "hf-compile"):
+        return HFBackend(compile=backend == "hf-compile")  # the vLLM options do not apply
     if backend == "vllm":
         return VLLMBackend(**kwargs)
     if isinstance(backend, str):

@@ -475,6 +475,10 @@ def mean_prompt_len(rendered) -> float:
 def finish_plan(plan: Plan, pair, *, measure_probe: bool = True,
                 models: dict | None = None) -> Plan:
     """Run the probe on the pair's models (unless ``measure_probe`` is false) and estimate."""
+    if plan.backend == "hf-compile":
+        plan.notes.append("hf-compile: each sampling model also pays a one-time torch.compile of "
+                          "the decode step (tens of seconds on CPU), outside this estimate; the "
+                          "probe's decode steps are timed after it")
     if measure_probe:
         mods = {"student": pair.student.model, "teacher": pair.teacher.model, **(models or {})}
         plan.probe = measure(mods, plan.stages, vocab=pair.compare_vocab,

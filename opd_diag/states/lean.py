@@ -11,6 +11,12 @@ the rotary code and the attention kernel (``scaled_dot_product_attention``) are 
 the logits are the model's up to floating-point effects of batching, and the samples for a
 seed are the same (``tests/test_rollout.py`` checks it on the zoo and on tiny random models).
 
+With ``--backend hf-compile`` the decode step *and* the sampling of its token run as one
+``torch.compile``-d function (:func:`static_decode_step` inside
+:func:`opd_diag.states.rollout.sample_batch`): every shape is fixed for a whole decode (the new key
+and value go in at a tensor index, attention runs over the whole preallocated cache under the
+validity mask), so one compile with dynamic batch and cache sizes serves every batch of a run.
+
 Anything outside that set (sliding-window attention in use, logit scaling/soft-capping,
 tensor-parallel layers, attention dropout in training mode, another architecture, a
 non-sdpa/eager attention implementation) is declined by :func:`lean_supported`, and the sampler falls back to the generic forward.
@@ -94,6 +100,15 @@ class LeanDecoder:
             cos, sin = rope(probe, everything)
             self._rope_table = (cos[0], sin[0])
 
+    @property
+    def static(self) -> bool:
+        """Whether :func:`static_decode_step` can drive this decode (it needs the rope table)."""
+        return self._rope_table is not None
+
+    def static_args(self) -> tuple:
+        """The tensors :func:`static_decode_step` takes after ``tokens, positions, t``."""
+        return (self.valid, self.keys, self.values, *self._rope_table)
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens`` ``[B]`` at ``positions`` ``[B, 1]``; returns next-token logits ``[B, V]``."""
@@ -131,3 +146,45 @@ class LeanDecoder:
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.model.lm_head(self.inner.norm(h))[:, -1]
 
+
+
+def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Tensor,
+                       t: torch.Tensor, valid: torch.Tensor, keys: list[torch.Tensor],
+                       values: list[torch.Tensor], cos_table: torch.Tensor,
+                       sin_table: torch.Tensor) -> torch.Tensor:
+    """:meth:`LeanDecoder.step` with shapes fixed for a whole decode, for ``torch.compile``.
+
+    ``tokens`` ``[B]`` go in at cache index ``t`` (a 0-d tensor, so the step number is data, not
+    a recompile) and ``positions`` ``[B]``; attention runs over the whole preallocated cache
+    under ``valid`` (future slots are masked, so the result is :meth:`LeanDecoder.step`'s up to
+    summation order). ``keys``/``values``/``valid`` are updated in place. The same modules in the
+    same order as the model's forward; ``rotary`` is the architecture's
+    ``apply_rotary_pos_emb``. Returns next-token logits ``[B, V]``.
+    """
+    inner = model.model
+    B = tokens.shape[0]
+    at = t.view(1)
+    valid.index_fill_(1, at, True)
+    mask = valid[:, None, None, :]
+    h = inner.embed_tokens(tokens[:, None])
+    cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
+    for i, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        shape = (B, 1, -1, attn.head_dim)
+        q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        q, k = rotary(q, k, cos, sin)
+        keys[i].index_copy_(2, at, k)
+        values[i].index_copy_(2, at, v)
+        kk, vv = keys[i], values[i]
+        groups = getattr(attn, "num_key_value_groups", 1)
+        if groups > 1:
+            kk, vv = kk.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=attn.scaling)
+        h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(inner.norm(h))[:, -1]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.errors import OpdDiagError
-from .lean import LeanDecoder, lean_supported
+from .lean import LeanDecoder, lean_supported, static_decode_step
 
 
 @dataclass
@@ -120,6 +120,36 @@ def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature
     return idx.clamp(max=probs.shape[-1] - 1)
 
 
+def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finished: torch.Tensor,
+             eos: torch.Tensor, pad_id: int, temperature: float, top_p: float,
+             positions: torch.Tensor, t: torch.Tensor, *static) -> tuple[torch.Tensor, ...]:
+    """One decode iteration of :func:`sample_batch` as a single function (what ``compile=True``
+    hands to ``torch.compile``): sample the tokens from ``logits``, mark finished rows, and run
+    :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
+    finished, stop, bad)``: ``stop`` = every row finished or the logits were not finite
+    (``bad``); the decode step of the last iteration is wasted work, not a different sample."""
+    bad = ~torch.isfinite(logits).all()
+    nxt = _sample_next(logits, uniforms, temperature, top_p).masked_fill(finished, pad_id)
+    finished = finished | torch.isin(nxt, eos)
+    new = static_decode_step(model, rotary, nxt, positions, t, *static)
+    return new, nxt, finished, finished.all() | bad, bad
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_advance():
+    """``torch.compile(_advance)`` with dynamic batch and cache sizes, built once per process
+    (guards on the model: each model compiles once, a changed weight value does not recompile)."""
+    if "advance" not in _COMPILED:
+        _COMPILED["advance"] = torch.compile(_advance, dynamic=True, fullgraph=True)
+    return _COMPILED["advance"]
+
+
+_NAN_LOGITS = ("the student produced NaN/inf logits while sampling; check the checkpoint and "
+               "dtype (try --student-dtype float32)")
+
+
 @torch.no_grad()
 def sample_batch(
     model,
@@ -131,13 +161,18 @@ def sample_batch(
     pad_id: int,
     vocab_limit: int | None = None,
     lean: bool | None = None,
+    compile: bool = False,
 ) -> list[tuple[list[int], str]]:
     """Sample one completion per row; returns ``(completion_ids, stop_reason)`` per row.
 
     Decode steps go through :class:`~opd_diag.states.lean.LeanDecoder` (the model's own modules
     over a static KV cache) when the architecture allows it, else through the model's generic
     forward; ``lean=False`` (or ``OPD_DIAG_GENERIC_DECODE=1``) forces the generic path. Both
-    give the same samples for the same seeds.
+    give the same samples for the same seeds. ``compile=True`` (``--backend hf-compile``) runs
+    each decode iteration (sampling and the lean step) as one ``torch.compile``-d function: the
+    first batch of a process pays the compile (tens of seconds on CPU; it needs a C++
+    compiler there), later ones reuse it; samples are the lean decode's up to floating-point
+    summation order. Models the lean step cannot drive (or a dynamic rope) decode uncompiled.
 
     Prompts are left-padded with explicit ``position_ids = cumsum(mask) − 1`` so every row sees
     the positions it would see alone. The completion keeps its EOS token; ``stop_reason`` is
@@ -174,11 +209,33 @@ def sample_batch(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = positions[:, -1:] + 1
     n_done = 0
+    if compile and decoder is not None and decoder.static:
+        advance, t = _compiled_advance(), torch.tensor(decoder.length, device=device)
+        pos_B, static = next_pos[:, 0].clone(), decoder.static_args()
+        for i in range(cfg.max_new_tokens):
+            try:
+                logits_now, nxt, finished, stop, bad = advance(
+                    model, decoder._rotary, logits_now[:, :vocab_limit].float(), uniforms[:, i],
+                    finished, eos, pad_id, cfg.temperature, cfg.top_p, pos_B, t, *static)
+            except Exception as exc:  # noqa: BLE001 - a compiler failure is the user's to fix
+                if i == 0 and not isinstance(exc, OpdDiagError):
+                    raise OpdDiagError(f"--backend hf-compile: torch.compile of the decode step "
+                                       f"failed ({type(exc).__name__}: {exc}); on CPU it needs "
+                                       "a working C++ compiler; use --backend hf") from exc
+                raise
+            if bool(stop) and bool(bad):
+                raise OpdDiagError(_NAN_LOGITS)
+            tokens[:, i] = nxt
+            n_done = i + 1
+            if bool(stop):
+                break
+            pos_B.add_(1)
+            t.add_(1)
+        return _results(tokens[:, :n_done], eos_ids)
     for i in range(cfg.max_new_tokens):
         logits = logits_now[:, :vocab_limit].float()
         if not torch.isfinite(logits).all():
-            raise OpdDiagError("the student produced NaN/inf logits while sampling; check the "
-                               "checkpoint and dtype (try --student-dtype float32)")
+            raise OpdDiagError(_NAN_LOGITS)
         nxt = _sample_next(logits, uniforms[:, i], cfg.temperature, cfg.top_p)
         nxt = nxt.masked_fill_(finished, pad_id)
         tokens[:, i] = nxt
@@ -193,9 +250,14 @@ def sample_batch(
             logits_now = model(input_ids=nxt[:, None], attention_mask=mask,
                                position_ids=next_pos, use_cache=True, **kv).logits[:, -1]
         next_pos = next_pos + 1
+    return _results(tokens[:, :n_done], eos_ids)
+
+
+def _results(tokens: torch.Tensor, eos_ids: list[int]) -> list[tuple[list[int], str]]:
+    """``(completion_ids, stop_reason)`` per row of the sampled ``[B, n]`` tokens."""
     results = []
     eos_set = set(eos_ids)
-    for row in tokens[:, :n_done].tolist():
+    for row in tokens.tolist():
         completion = []
         for tok in row:
             completion.append(tok)

@@ -76,12 +76,12 @@ def _objective(cfg: TrainConfig, zs: torch.Tensor, zt: torch.Tensor | None,
         return D.topk_opd_loss(zs.gather(1, ids_s) - lse_s, st["logp_t_on_topk_s"][:, :k],
                                zs.gather(1, ids_t) - lse_s, st["topk_logp_t"][:, :k],
                                ids_s, ids_t, cfg.strategy, cfg.weighting)
+    if cfg.objective in ("reverse_kl", "forward_kl"):  # value captured, gradient in closed form
+        reverse = cfg.objective == "reverse_kl"
+        return D.kl_loss_from_stats(zs, zt, st["lse_s"], st["lse_t"],
+                                    st["rkl" if reverse else "fkl"], reverse=reverse)
     lp_N_V = torch.log_softmax(zs, dim=-1)
     lq_N_V = zt - st["lse_t"][:, None]
-    if cfg.objective == "reverse_kl":
-        return D.reverse_kl_loss(lp_N_V, lq_N_V)
-    if cfg.objective == "forward_kl":
-        return D.forward_kl_loss(lp_N_V, lq_N_V)
     return D.generalized_jsd_loss(lp_N_V, lq_N_V, cfg.beta)
 
 

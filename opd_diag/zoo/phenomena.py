@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.runs import write_csv
+
 NOT_RUN = "not run"
 
 
@@ -380,8 +382,8 @@ def _with_content(df: pd.DataFrame, out: Path, runs: Path) -> pd.DataFrame:
     if runs.is_dir():
         windows, items = content_tables(runs)
         if len(items):
-            windows.to_csv(win_path, index=False)
-            items.to_csv(items_path, index=False)
+            write_csv(win_path, windows)
+            write_csv(items_path, items)
     if win_path.is_file() and items_path.is_file():
         df = apply_content(df, pd.read_csv(win_path), pd.read_csv(items_path))
     return df
@@ -430,12 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.v2_runs).is_dir():
         dyn = v2_dynamics(args.v2_runs)
         if len(dyn):
-            dyn.to_csv(dyn_path, index=False)
+            write_csv(dyn_path, dyn)
     if dyn_path.is_file() and v2_out.is_file():
         df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out)))
     df = _with_content(df, out, Path(args.content_runs or args.runs))
-    df.to_csv(out / "zoo-phenomena.csv", index=False)
-    val.to_csv(out / "zoo-validation.csv", index=False)
+    write_csv(out / "zoo-phenomena.csv", df)
+    write_csv(out / "zoo-validation.csv", val)
     (out / "zoo-phenomena.md").write_text(render(df, val))
     print(render(df, val))
     return 0

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.runs import write_csv
+
 SUBSET_MAIN = "5d"
 
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     df = validate(args.runs, args.only, args.workers)
     pd.set_option("display.width", 200)
     print(df.T.to_string())
-    df.to_csv(Path(args.runs) / "zoo-validation.csv", index=False)
+    write_csv(Path(args.runs) / "zoo-validation.csv", df)
     return 0
 
 

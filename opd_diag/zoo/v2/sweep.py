@@ -273,10 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         df = claims(table)
     else:
         df, table = sweep(args.runs, args.n_eval, args.workers, args.variants, tuple(args.seeds))
-    from ...core.runs import _atomic_write_bytes
+    from ...core.runs import write_csv
 
     for path, t in ((args.out, df), (args.items, table)):
-        _atomic_write_bytes(Path(path), lambda tmp, t=t: t.to_csv(tmp, index=False))
+        write_csv(Path(path), t)
     print(df.to_string())
     print(json.dumps({"written": args.out, "claims": len(df)}))
     return 0

@@ -4,6 +4,8 @@ is a clear exit-2 error (the vLLM runs themselves are in test_vllm.py, skipped w
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -117,6 +119,8 @@ def test_train_syncs_weights_every_step(tiny_pair, prompts_file, tmp_path):
     assert len(rec.calls) >= 3
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler (none on PATH)")
 def test_train_with_hf_compile_equals_hf(tiny_pair, prompts_file, tmp_path, capsys):
     """``--backend hf-compile`` in the loop: the same rollouts and losses as ``hf`` over two steps
     (the second step samples from the updated student), from the CLI as from the API."""

@@ -67,6 +67,14 @@ def test_capture_estimate_within_2x_and_states_bytes_bound(zoo, tmp_path):
     assert 0.5 <= est / real <= 2.0, (est, real)
     plan = plan_capture(pair, prompts, sampling, capture, measure_probe=False)
     assert plan.total_seconds() is None and plan.probe is None
+    assert not any("torch.compile" in n for n in plan.notes)
+    from opd_diag.states.backend import use_backend
+
+    with use_backend("hf-compile"):  # the plan says the compile is outside its estimate
+        compiled = plan_capture(pair, prompts, sampling, capture, measure_probe=False)
+    assert compiled.backend == "hf-compile"
+    assert any("one-time torch.compile" in n for n in compiled.notes)
+    assert "one-time torch.compile" in compiled.render()
     states = load_run(tmp_path / "c0").states
     import pyarrow as pa
 

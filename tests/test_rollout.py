@@ -1,3 +1,5 @@
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -201,7 +203,9 @@ def test_lean_decode_with_scaled_rope(rope):
     assert (dec._rope_table is None) == (rope["rope_type"] == "dynamic")
 
 
-def test_compiled_decode_gives_the_lean_samples(monkeypatch):
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler (none on PATH)")
+def test_compiled_decode_gives_the_lean_samples():
     """--backend hf-compile: one torch.compile-d decode iteration gives the lean decode's samples
     (qwen3: q/k norms and grouped kv heads; left-padded rows), a batch of another shape reuses
     the compile, and weights changed in place (an optimizer step) are the ones sampled from."""
@@ -227,6 +231,14 @@ def test_compiled_decode_gives_the_lean_samples(monkeypatch):
     gen.manual_seed(3)
     both((3, 7, 5, 9), [0, 1, 2, 3])
     assert both((4, 11, 6), [4, 5, 6]) != before
+
+
+def test_a_failed_compile_is_a_clear_error(monkeypatch):
+    import opd_diag.states.rollout as R
+
+    model = _tiny_arch("qwen3")
+    kw = dict(eos_ids=[2], pad_id=0)
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=5)
 
     def broken():
         def fail(*a, **k):

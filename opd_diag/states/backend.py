@@ -3,8 +3,8 @@
 ``--backend hf`` (default) is :func:`opd_diag.states.rollout.sample_batch`; ``--backend
 hf-compile`` is the same sampler with each decode iteration ``torch.compile``-d (small models,
 where a decode step is per-op overhead, not arithmetic; the first batch pays the compile);
-``--backend vllm`` samples with vLLM (:mod:`.vllm`). Scoring never goes through a backend: the states table is
-always computed by the HF capture engine (exact full-vocabulary statistics).
+``--backend vllm`` samples with vLLM (:mod:`.vllm`). Scoring never goes through a backend: the
+states table is always computed by the HF capture engine (exact full-vocabulary statistics).
 
 Both backends take the same arguments and return the same ``(completion_ids, stop_reason)`` per
 row, so the rollouts table is identical in shape and meaning. Seeds: each row gets the same
@@ -124,7 +124,7 @@ _CURRENT: contextvars.ContextVar = contextvars.ContextVar("opd_diag_backend", de
 
 
 def make_backend(backend: str | HFBackend | VLLMBackend | None = None, **kwargs):
-    """A backend from its name (``"hf"`` / ``"hf-compile"`` / ``"vllm"``) or an existing backend object.
+    """A backend from its name (``"hf"`` / ``"hf-compile"`` / ``"vllm"``) or a backend object.
 
     Raises :class:`OpdDiagError` for an unknown name, or for ``"vllm"`` without vLLM installed.
     """

@@ -122,30 +122,41 @@ class LeanDecoder:
             cos, sin = self._rope_table[0][positions], self._rope_table[1][positions]
         else:
             cos, sin = self.inner.rotary_emb(h, positions)
-        B = h.shape[0]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            shape = (B, 1, -1, attn.head_dim)
-            q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
-            if hasattr(attn, "q_norm"):  # qwen3: per-head RMSNorm before the rotation
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = attn.v_proj(x).view(shape).transpose(1, 2)
-            q, k = self._rotary(q, k, cos, sin)
+
+        def cache_kv(i: int, k: torch.Tensor, v: torch.Tensor):
             self.keys[i][:, :, t] = k[:, :, 0]
             self.values[i][:, :, t] = v[:, :, 0]
-            keys, values = self.keys[i][:, :, :cur], self.values[i][:, :, :cur]
-            groups = getattr(attn, "num_key_value_groups", 1)
-            if groups > 1:
-                keys = keys.repeat_interleave(groups, dim=1)
-                values = values.repeat_interleave(groups, dim=1)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                               scale=attn.scaling)
-            h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.model.lm_head(self.inner.norm(h))[:, -1]
+            return self.keys[i][:, :, :cur], self.values[i][:, :, :cur]
 
+        return _decode(self.model, h, cos, sin, self._rotary, mask, cache_kv)
+
+
+def _decode(model, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary,
+            mask: torch.Tensor | None, cache_kv) -> torch.Tensor:
+    """The decoder layers and the LM head for one new position per row (embedded ``h``
+    ``[B, 1, D]``): the model's own modules in its forward's order. ``cache_kv(i, k, v)`` stores
+    layer ``i``'s new key and value and returns the keys and values to attend over."""
+    inner = model.model
+    B = h.shape[0]
+    for i, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        shape = (B, 1, -1, attn.head_dim)
+        q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+        if hasattr(attn, "q_norm"):  # qwen3: per-head RMSNorm before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        q, k = rotary(q, k, cos, sin)
+        keys, values = cache_kv(i, k, v)
+        groups = getattr(attn, "num_key_value_groups", 1)
+        if groups > 1:
+            keys = keys.repeat_interleave(groups, dim=1)
+            values = values.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+        h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(inner.norm(h))[:, -1]
 
 
 def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Tensor,
@@ -161,30 +172,14 @@ def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Ten
     same order as the model's forward; ``rotary`` is the architecture's
     ``apply_rotary_pos_emb``. Returns next-token logits ``[B, V]``.
     """
-    inner = model.model
-    B = tokens.shape[0]
     at = t.view(1)
     valid.index_fill_(1, at, True)
-    mask = valid[:, None, None, :]
-    h = inner.embed_tokens(tokens[:, None])
-    cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]
-    for i, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
-        attn = layer.self_attn
-        x = layer.input_layernorm(h)
-        shape = (B, 1, -1, attn.head_dim)
-        q, k = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        q, k = rotary(q, k, cos, sin)
+    h = model.model.embed_tokens(tokens[:, None])
+
+    def cache_kv(i: int, k: torch.Tensor, v: torch.Tensor):
         keys[i].index_copy_(2, at, k)
         values[i].index_copy_(2, at, v)
-        kk, vv = keys[i], values[i]
-        groups = getattr(attn, "num_key_value_groups", 1)
-        if groups > 1:
-            kk, vv = kk.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)
-        o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=attn.scaling)
-        h = h + attn.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return model.lm_head(inner.norm(h))[:, -1]
+        return keys[i], values[i]
+
+    return _decode(model, h, cos_table[positions][:, None], sin_table[positions][:, None],
+                   rotary, valid[:, None, None, :], cache_kv)

@@ -11,6 +11,7 @@ top-p-adjusted) distribution; temperature 0 is greedy decoding.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 
@@ -135,15 +136,11 @@ def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finish
     return new, nxt, finished, finished.all() | bad, bad
 
 
-_COMPILED: dict = {}
-
-
+@functools.cache
 def _compiled_advance():
     """``torch.compile(_advance)`` with dynamic batch and cache sizes, built once per process
-    (guards on the model: each model compiles once, a changed weight value does not recompile)."""
-    if "advance" not in _COMPILED:
-        _COMPILED["advance"] = torch.compile(_advance, dynamic=True, fullgraph=True)
-    return _COMPILED["advance"]
+    (guards on the model's structure: a changed weight value does not recompile)."""
+    return torch.compile(_advance, dynamic=True, fullgraph=True)
 
 
 _NAN_LOGITS = ("the student produced NaN/inf logits while sampling; check the checkpoint and "

@@ -173,3 +173,22 @@ def test_kl_from_captured_stats_matches_the_autograd_form(reverse):
                                 st["rkl" if reverse else "fkl"], reverse=reverse)
     loss.sum().backward()
     assert loss.abs().max() < 1e-5 and same.grad.abs().max() < 1e-6
+
+
+
+@pytest.mark.parametrize("bad", [float("-inf"), float("nan")])
+def test_capture_stats_reject_a_non_finite_logit(bad):
+    """One −inf (a masked token) or NaN logit keeps the normaliser finite but would turn the
+    entropies and KLs into NaN: the capture names the model and the row instead."""
+    import numpy as np
+
+    from opd_diag.core.errors import OpdDiagError
+    from opd_diag.states.capture import chunk_stats
+
+    zs, zt = _logits(6, 3.0), _logits(7, 3.0)
+    zs[3, 2] = bad
+    with pytest.raises(OpdDiagError, match="student produced NaN/inf logits.*row 13"):
+        chunk_stats(zs, zt, torch.zeros(N, dtype=torch.long), K, np.arange(10, 10 + N))
+    zs[3, 2], zt[1, 0] = 0.0, bad
+    with pytest.raises(OpdDiagError, match="teacher produced NaN/inf logits.*row 11"):
+        chunk_stats(zs, zt, torch.zeros(N, dtype=torch.long), K, np.arange(10, 10 + N))

@@ -206,9 +206,11 @@ def test_lean_decode_with_scaled_rope(rope):
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile on CPU needs a C++ compiler (none on PATH)")
 def test_compiled_decode_gives_the_lean_samples():
-    """--backend hf-compile: one torch.compile-d decode iteration gives the lean decode's samples
-    (qwen3: q/k norms and grouped kv heads; left-padded rows), a batch of another shape reuses
-    the compile, and weights changed in place (an optimizer step) are the ones sampled from."""
+    """--backend hf-compile: torch.compile-d blocks of decode iterations give the lean decode's
+    samples (qwen3: q/k norms and grouped kv heads; left-padded rows), a batch of another shape
+    reuses the compile, a budget that is not a whole number of blocks and a batch that stops
+    inside a block keep exactly the lean tokens, and weights changed in place (an optimizer
+    step) are the ones sampled from."""
     import opd_diag.states.rollout as R
 
     model = _tiny_arch("qwen3")
@@ -216,16 +218,23 @@ def test_compiled_decode_gives_the_lean_samples():
     kw = dict(eos_ids=[2], pad_id=0)
     cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=40)
 
-    def both(lengths, seeds):
+    def both(lengths, seeds, cfg=cfg, kw=kw, longest=10):
         prompts = [torch.randint(3, 64, (n,), generator=gen).tolist() for n in lengths]
         lean = R.sample_batch(model, prompts, seeds, cfg, **kw)
         compiled = R.sample_batch(model, prompts, seeds, cfg, compile=True, **kw)
         assert compiled == lean
-        assert max(len(c) for c, _ in lean) > 10
+        assert max(len(c) for c, _ in lean) > longest
         return lean
 
+    assert cfg.max_new_tokens % R.DECODE_BLOCK == 0
     both((3, 7, 5, 9), [0, 1, 2, 3])
     before = both((4, 11, 6), [4, 5, 6])
+    odd = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=4 * R.DECODE_BLOCK + 1)
+    out = both((5, 8), [7, 8], cfg=odd, longest=0)  # not a whole number of blocks
+    assert max(len(c) for c, _ in out) <= odd.max_new_tokens
+    # most tokens end a row: the whole batch stops inside a block
+    early = both((5, 8, 3), [9, 10, 11], kw=dict(eos_ids=list(range(2, 60)), pad_id=0), longest=0)
+    assert max(len(c) for c, _ in early) < R.DECODE_BLOCK
     with torch.no_grad():  # an in-place update, like AdamW's
         model.lm_head.weight.mul_(3.0)
     gen.manual_seed(3)
@@ -240,7 +249,7 @@ def test_a_failed_compile_is_a_clear_error(monkeypatch):
     kw = dict(eos_ids=[2], pad_id=0)
     cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=5)
 
-    def broken():
+    def broken(device_type):
         def fail(*a, **k):
             raise RuntimeError("no C++ compiler")
         return fail
@@ -248,3 +257,20 @@ def test_a_failed_compile_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(R, "_compiled_advance", broken)
     with pytest.raises(OpdDiagError, match="torch.compile of the decode step failed.*hf"):
         R.sample_batch(model, [[5, 6, 7]], [0], cfg, compile=True, **kw)
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile on CPU needs a C++ compiler (none on PATH)"))])
+def test_nan_logits_while_sampling_are_a_clear_error(compile):
+    """A student whose logits turn NaN stops the decode with the dtype hint, eager or compiled
+    (there the flag comes back from inside a block of iterations)."""
+    import opd_diag.states.rollout as R
+
+    model = _tiny_arch("qwen3")
+    with torch.no_grad():
+        model.lm_head.weight[7].fill_(float("nan"))
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=6)
+    with pytest.raises(OpdDiagError, match="NaN/inf logits while sampling.*float32"):
+        R.sample_batch(model, [[5, 6, 7], [9, 4]], [0, 1], cfg, compile=compile, eos_ids=[2],
+                       pad_id=0)

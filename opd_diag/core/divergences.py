@@ -299,22 +299,23 @@ class _KLFromStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, zs_N_V, zt_N_V, lse_s_N, lse_t_N, value_N, reverse: bool):
-        ctx.save_for_backward(zs_N_V, zt_N_V, lse_s_N, lse_t_N)
+        ctx.save_for_backward(zs_N_V, zt_N_V, lse_s_N, lse_t_N, value_N.detach())
         ctx.reverse = reverse
         return value_N.detach().clone()
 
     @staticmethod
     def backward(ctx, grad_N):
-        zs, zt, lse_s, lse_t = ctx.saved_tensors
-        logp = zs.detach() - lse_s[:, None]
-        p = logp.exp()
-        logq = zt - lse_t[:, None]
-        if ctx.reverse:  # p (log p − log q − KL(p‖q)), 0·log 0 terms as 0
-            d = torch.where(p > 0, logp.sub_(logq), 0.0)
-            grad = p * d.sub_((p * d).sum(-1, keepdim=True))
-        else:  # p − q
-            grad = p.sub_(logq.exp_())
-        return grad.mul_(grad_N[:, None]), None, None, None, None, None
+        zs, zt, lse_s, lse_t, value = ctx.saved_tensors
+        zs, g = zs.detach(), grad_N[:, None]
+        p = torch.sub(zs, lse_s[:, None]).exp_()
+        if ctx.reverse:
+            # p (log p − log q − KL(p‖q)) = p (zs − zt + lse_t − lse_s − KL), scaled by the
+            # incoming gradient before the product: three [N, V] passes besides the exp
+            # (the capture rejects non-finite logits, so no 0·log 0 terms reach this)
+            d = torch.addcmul((lse_t - lse_s - value)[:, None] * g, zs - zt, g)
+            return p.mul_(d), None, None, None, None, None
+        grad = p.sub_(torch.sub(zt, lse_t[:, None]).exp_())  # p − q
+        return grad.mul_(g), None, None, None, None, None
 
 
 def kl_loss_from_stats(zs_N_V: torch.Tensor, zt_N_V: torch.Tensor, lse_s_N: torch.Tensor,

@@ -244,8 +244,14 @@ def _block_stats(zs: torch.Tensor, zt: torch.Tensor, tok_N: torch.Tensor, top_k:
                  rows: np.ndarray, scratch: torch.Tensor | None) -> dict[str, torch.Tensor]:
     lse_s, pzp, pzq = softmax_dots(zs, zt, scratch)
     lse_t, qzq, qzp = softmax_dots(zt, zs, scratch)
-    _check_finite(lse_s, "student", rows)
-    _check_finite(lse_t, "teacher", rows)
+    if not bool(torch.isfinite(lse_s + lse_t + pzp + pzq + qzq + qzp).all()):  # one sync
+        # a NaN/+inf logit breaks its model's normaliser; a −inf one leaves that finite but not
+        # the dot products with the model's logits (pzp, qzp: the student's; qzq, pzq: the
+        # teacher's)
+        _check_finite(lse_s, "student", rows)
+        _check_finite(lse_t, "teacher", rows)
+        _check_finite(pzp + qzp, "student", rows)
+        _check_finite(qzq + pzq, "teacher", rows)
     h_s, h_t, rkl, fkl = entropy_and_kls_from_dots(lse_s, pzp, pzq, lse_t, qzq, qzp)
     tok = tok_N[:, None]
     ks_val, ks_ids = zs.topk(top_k, dim=-1)

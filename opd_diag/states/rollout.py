@@ -124,8 +124,8 @@ def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature
 def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finished: torch.Tensor,
              eos: torch.Tensor, pad_id: int, temperature: float, top_p: float,
              positions: torch.Tensor, t: torch.Tensor, *static) -> tuple[torch.Tensor, ...]:
-    """One decode iteration of :func:`sample_batch` as a single function (what ``compile=True``
-    hands to ``torch.compile``): sample the tokens from ``logits``, mark finished rows, and run
+    """One decode iteration of :func:`sample_batch` as a single function (``compile=True``
+    compiles blocks of them, :func:`_advance_block`): sample the tokens from ``logits``, mark finished rows, and run
     :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
     finished, stop, bad)``: ``stop`` = every row finished or the logits were not finite
     (``bad``); the decode step of the last iteration is wasted work, not a different sample."""
@@ -136,11 +136,41 @@ def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finish
     return new, nxt, finished, finished.all() | bad, bad
 
 
+#: decode iterations per call of the compiled function: the per-call costs (guard evaluation,
+#: the wrapper's bookkeeping, the Python loop) are paid once per block instead of once per token.
+#: 4 made the compiled decode of the loop benchmark's student 0.55-0.6x the one-iteration
+#: compile's time on CPU (8 gave nothing more), for a compile about 3x as long.
+DECODE_BLOCK = 4
+
+
+def _advance_block(model, rotary, logits: torch.Tensor, uniforms_B_K: torch.Tensor,
+                   finished: torch.Tensor, eos: torch.Tensor, pad_id: int, temperature: float,
+                   top_p: float, positions: torch.Tensor, t: torch.Tensor, *static
+                   ) -> tuple[torch.Tensor, ...]:
+    """:data:`DECODE_BLOCK` iterations of :func:`_advance` in one function (what ``compile=True``
+    hands to ``torch.compile``). Returns ``(next_logits, tokens [B, K], finished, stop [K],
+    bad [K])``; the caller keeps the tokens up to the first ``stop`` (the iterations after it
+    are wasted work on already-finished rows, never a different sample: each iteration's
+    randomness is its own column of ``uniforms_B_K``)."""
+    tokens, stops, bads = [], [], []
+    for j in range(uniforms_B_K.shape[1]):
+        logits, nxt, finished, stop, bad = _advance(
+            model, rotary, logits, uniforms_B_K[:, j], finished, eos, pad_id, temperature,
+            top_p, positions + j, t + j, *static)
+        tokens.append(nxt)
+        stops.append(stop)
+        bads.append(bad)
+    return logits, torch.stack(tokens, 1), finished, torch.stack(stops), torch.stack(bads)
+
+
 @functools.cache
-def _compiled_advance():
-    """``torch.compile(_advance)`` with dynamic batch and cache sizes, built once per process
-    (guards on the model's structure: a changed weight value does not recompile)."""
-    return torch.compile(_advance, dynamic=True, fullgraph=True)
+def _compiled_advance(device_type: str):
+    """``torch.compile(_advance_block)`` with dynamic batch and cache sizes, built once per
+    process and device type (guards on the model's structure: a changed weight value does not
+    recompile). On CPU the generated wrapper is C++ (inductor's ``cpp_wrapper``), which cuts
+    the per-call Python cost of a graph of many small kernels."""
+    options = {"cpp_wrapper": True} if device_type == "cpu" else None
+    return torch.compile(_advance_block, dynamic=True, fullgraph=True, options=options)
 
 
 _NAN_LOGITS = ("the student produced NaN/inf logits while sampling; check the checkpoint and "
@@ -166,9 +196,10 @@ def sample_batch(
     over a static KV cache) when the architecture allows it, else through the model's generic
     forward; ``lean=False`` (or ``OPD_DIAG_GENERIC_DECODE=1``) forces the generic path. Both
     give the same samples for the same seeds. ``compile=True`` (``--backend hf-compile``) runs
-    each decode iteration (sampling and the lean step) as one ``torch.compile``-d function: the
-    first batch of a process pays the compile (tens of seconds on CPU; it needs a C++
-    compiler there), later ones reuse it; samples are the lean decode's up to floating-point
+    blocks of :data:`DECODE_BLOCK` decode iterations (sampling and the lean step) as one
+    ``torch.compile``-d function: the first batch of a process pays the compile (about a minute
+    on a small CPU on a cold inductor cache; it needs a C++ compiler there), later ones reuse
+    it; samples are the lean decode's up to floating-point
     summation order. Models the lean step cannot drive (or a dynamic rope) decode uncompiled.
 
     Prompts are left-padded with explicit ``position_ids = cumsum(mask) − 1`` so every row sees
@@ -199,36 +230,44 @@ def sample_batch(
                 use_cache=True, logits_to_keep=1, **kv)
     # decode: the lean static-cache step where the architecture allows it (states/lean.py)
     use_lean = lean and lean_supported(model, P + cfg.max_new_tokens) is None
-    decoder = LeanDecoder(model, next(iter(kv.values())), mask, cfg.max_new_tokens) \
-        if use_lean else None
+    K = DECODE_BLOCK if compile else 1
+    n_slots = -(-cfg.max_new_tokens // K) * K  # the compiled decode runs whole blocks
+    decoder = LeanDecoder(model, next(iter(kv.values())), mask, n_slots) if use_lean else None
     logits_now = out.logits[:, -1]
-    tokens = torch.full((B, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    tokens = torch.full((B, n_slots), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = positions[:, -1:] + 1
     n_done = 0
     if compile and decoder is not None and decoder.static:
-        advance, t = _compiled_advance(), torch.tensor(decoder.length, device=device)
+        advance = _compiled_advance(device.type)
+        t = torch.tensor(decoder.length, device=device)
         pos_B, static = next_pos[:, 0].clone(), decoder.static_args()
-        for i in range(cfg.max_new_tokens):
+        if n_slots > cfg.max_new_tokens:  # the last block's spare iterations draw zeros
+            uniforms = torch.cat([uniforms, uniforms.new_zeros(B, n_slots - cfg.max_new_tokens)], 1)
+        for i in range(0, cfg.max_new_tokens, K):
             try:
                 logits_now, nxt, finished, stop, bad = advance(
-                    model, decoder._rotary, logits_now[:, :vocab_limit].float(), uniforms[:, i],
-                    finished, eos, pad_id, cfg.temperature, cfg.top_p, pos_B, t, *static)
+                    model, decoder._rotary, logits_now[:, :vocab_limit].float(),
+                    uniforms[:, i: i + K], finished, eos, pad_id, cfg.temperature, cfg.top_p,
+                    pos_B, t, *static)
             except Exception as exc:  # noqa: BLE001 - a compiler failure is the user's to fix
                 if i == 0 and not isinstance(exc, OpdDiagError):
                     raise OpdDiagError(f"--backend hf-compile: torch.compile of the decode step "
                                        f"failed ({type(exc).__name__}: {exc}); on CPU it needs "
                                        "a working C++ compiler; use --backend hf") from exc
                 raise
-            if bool(stop) and bool(bad):
-                raise OpdDiagError(_NAN_LOGITS)
-            tokens[:, i] = nxt
-            n_done = i + 1
-            if bool(stop):
+            tokens[:, i: i + K] = nxt
+            stopped = stop.nonzero()
+            if len(stopped):
+                j = int(stopped[0, 0])
+                if bool(bad[j]):
+                    raise OpdDiagError(_NAN_LOGITS)
+                n_done = i + j + 1
                 break
-            pos_B.add_(1)
-            t.add_(1)
-        return _results(tokens[:, :n_done], eos_ids)
+            n_done = i + K
+            pos_B.add_(K)
+            t.add_(K)
+        return _results(tokens[:, :min(n_done, cfg.max_new_tokens)], eos_ids)
     for i in range(cfg.max_new_tokens):
         logits = logits_now[:, :vocab_limit].float()
         if not torch.isfinite(logits).all():

@@ -85,6 +85,12 @@ def _objective(cfg: TrainConfig, zs: torch.Tensor, zt: torch.Tensor | None,
     return D.generalized_jsd_loss(lp_N_V, lq_N_V, cfg.beta)
 
 
+def _compared(logits_N_W: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The compared vocabulary's columns of a head's logits (the tensor itself when that is all
+    of them)."""
+    return logits_N_W if logits_N_W.shape[-1] == vocab else logits_N_W[:, :vocab]
+
+
 def opd_forward(student_states: torch.nn.Module, student, teacher,
                 prompt_ids: list[list[int]], completion_ids: list[list[int]], cfg: TrainConfig,
                 *, vocab: int, pad_id: int, denominator: int,
@@ -116,11 +122,16 @@ def opd_forward(student_states: torch.nn.Module, student, teacher,
 
     def chunk_loss(lo: int, h_s_n: torch.Tensor, h_t_n: torch.Tensor) -> torch.Tensor:
         hi = lo + len(h_s_n)
-        zs = lm_head_logits(student, h_s_n)[:, :vocab] / temp  # float32, outside autocast
+        # float32, outside autocast; no slice or division that is a no-op (each would cost
+        # an [n, V] pass in backward)
+        zs = _compared(lm_head_logits(student, h_s_n), vocab)
+        if temp != 1.0:
+            zs = zs / temp
         st, zt = captured.get(lo), None
         if st is None or cfg.needs_teacher_logits:  # a recomputation needs no new statistics
             with torch.no_grad():
-                zt = lm_head_logits(teacher, h_t_n)[:, :vocab].div_(temp).to(s_dev)
+                zt = _compared(lm_head_logits(teacher, h_t_n), vocab)
+                zt = (zt.div_(temp) if temp != 1.0 else zt).to(s_dev)
         if st is None:
             st = captured[lo] = chunk_stats(zs.detach(), zt, tok_N[lo:hi], cfg.capture_top_k,
                                             row_N[lo:hi])

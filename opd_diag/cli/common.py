@@ -115,8 +115,9 @@ def add_backend_args(p: argparse.ArgumentParser, dry_run: bool = True) -> None:
     g = p.add_argument_group("speed and cost (docs/real-models.md)")
     g.add_argument("--backend", choices=["hf", "hf-compile", "vllm"], default="hf",
                    help="sampling backend for every rollout, continuation and frontier sample: "
-                   "hf (default); hf-compile (hf with each decode step torch.compile-d: faster "
-                   "on small models, the first batch pays a compile of tens of seconds, needs a "
+                   "hf (default); hf-compile (hf with the decode torch.compile-d in blocks of 4 "
+                   "steps: faster on small models, the first batch pays a compile of about a "
+                   "minute on CPU, needs a "
                    "C++ compiler on CPU; same samples up to float summation order); or vllm "
                    "(needs vLLM and a GPU; same rollouts table and seeds, not bit-identical "
                    "samples); scoring is always the HF capture engine")

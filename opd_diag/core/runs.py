@@ -85,10 +85,18 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_parquet(path: Path, df: pd.DataFrame | pa.Table) -> None:
-    """Write one parquet file atomically."""
+    """Write one parquet file atomically.
+
+    Only string columns are dictionary-encoded: the float and id columns of a states shard
+    (per-position log-probs, entropies, top-k lists) have few repeats, and their dictionaries
+    made the shard about 25 % larger and its write about 1.5x slower.
+    """
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    strings = [f.name for f in table.schema
+               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     try:
-        _atomic_write_bytes(Path(path), lambda tmp: pq.write_table(table, tmp))
+        _atomic_write_bytes(Path(path), lambda tmp: pq.write_table(table, tmp,
+                                                                   use_dictionary=strings))
     except OSError as exc:
         raise OpdDiagError(f"cannot write {path}: {exc} (disk full or read-only?)") from exc
 

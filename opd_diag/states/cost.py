@@ -477,7 +477,7 @@ def finish_plan(plan: Plan, pair, *, measure_probe: bool = True,
     """Run the probe on the pair's models (unless ``measure_probe`` is false) and estimate."""
     if plan.backend == "hf-compile":
         plan.notes.append("hf-compile: each sampling model also pays a one-time torch.compile of "
-                          "the decode step (tens of seconds on CPU), outside this estimate; the "
+                          "the decode (about a minute on a small CPU), outside this estimate; the "
                           "probe's decode steps are timed after it")
     if measure_probe:
         mods = {"student": pair.student.model, "teacher": pair.teacher.model, **(models or {})}

@@ -274,3 +274,21 @@ def test_nan_logits_while_sampling_are_a_clear_error(compile):
     with pytest.raises(OpdDiagError, match="NaN/inf logits while sampling.*float32"):
         R.sample_batch(model, [[5, 6, 7], [9, 4]], [0, 1], cfg, compile=compile, eos_ids=[2],
                        pad_id=0)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.9), (0.0, 1.0)])
+def test_sample_next_flags_nan_and_inf_rows_but_not_masked_tokens(temperature, top_p):
+    """A −inf logit is a token of probability 0 (never drawn, the row is fine); a NaN or +inf
+    logit makes that row's flag false, whatever the sampling settings."""
+    import opd_diag.states.rollout as R
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    logits[:, :10] = float("-inf")
+    logits[2, 20], logits[3, 30] = float("nan"), float("inf")
+    u = torch.rand(4, generator=torch.Generator().manual_seed(1))
+    tokens, ok = R._sample_next(logits, u, temperature, top_p)
+    assert ok.tolist() == [True, True, False, False]
+    assert (tokens[:2] >= 10).all()
+    for _ in range(50):  # masked tokens are never drawn
+        u = torch.rand(4)
+        assert (R._sample_next(logits[:2], u[:2], temperature, top_p)[0] >= 10).all()

@@ -104,10 +104,15 @@ def row_seed(seed: int, prompt_id: int, sample_idx: int) -> int:
 
 
 def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature: float,
-                 top_p: float) -> torch.Tensor:
+                 top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of each row and whether the row's distribution was usable: a NaN or
+    +inf logit makes the softmax's total (or, greedy, the maximum) non-finite, which this
+    reads off a ``[B]`` vector instead of another pass over ``[B, V]``; a −inf logit is a
+    token of probability 0."""
     if temperature == 0:
-        return logits_B_V.argmax(-1)
-    probs = torch.softmax(logits_B_V.float() / temperature, dim=-1)
+        return logits_B_V.argmax(-1), torch.isfinite(logits_B_V.amax(-1))
+    z = logits_B_V.float()
+    probs = torch.softmax(z / temperature if temperature != 1.0 else z, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # always keeps the top token
@@ -115,10 +120,10 @@ def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature
         cdf = sorted_p.cumsum(-1)
         idx = torch.searchsorted(cdf, (uniforms_B * cdf[:, -1]).unsqueeze(-1))
         idx = idx.clamp(max=probs.shape[-1] - 1)
-        return order.gather(-1, idx).squeeze(-1)
+        return order.gather(-1, idx).squeeze(-1), torch.isfinite(cdf[:, -1])
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, (uniforms_B * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
-    return idx.clamp(max=probs.shape[-1] - 1)
+    return idx.clamp(max=probs.shape[-1] - 1), torch.isfinite(cdf[:, -1])
 
 
 def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finished: torch.Tensor,
@@ -129,8 +134,9 @@ def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finish
     :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
     finished, stop, bad)``: ``stop`` = every row finished or the logits were not finite
     (``bad``); the decode step of the last iteration is wasted work, not a different sample."""
-    bad = ~torch.isfinite(logits).all()
-    nxt = _sample_next(logits, uniforms, temperature, top_p).masked_fill(finished, pad_id)
+    nxt, ok = _sample_next(logits, uniforms, temperature, top_p)
+    bad = ~ok.all()
+    nxt = nxt.masked_fill(finished, pad_id)
     finished = finished | torch.isin(nxt, eos)
     new = static_decode_step(model, rotary, nxt, positions, t, *static)
     return new, nxt, finished, finished.all() | bad, bad
@@ -269,10 +275,10 @@ def sample_batch(
             t.add_(K)
         return _results(tokens[:, :min(n_done, cfg.max_new_tokens)], eos_ids)
     for i in range(cfg.max_new_tokens):
-        logits = logits_now[:, :vocab_limit].float()
-        if not torch.isfinite(logits).all():
+        nxt, ok = _sample_next(logits_now[:, :vocab_limit], uniforms[:, i], cfg.temperature,
+                               cfg.top_p)
+        if not bool(ok.all()):
             raise OpdDiagError(_NAN_LOGITS)
-        nxt = _sample_next(logits, uniforms[:, i], cfg.temperature, cfg.top_p)
         nxt = nxt.masked_fill_(finished, pad_id)
         tokens[:, i] = nxt
         n_done = i + 1

@@ -7,7 +7,7 @@ Like for like: each of our objectives is timed next to the TRL run of the *same*
 sampled-token and top-k OPD have no TRL equivalent and are shown against ``beta=1``, labelled so.
 One variant forces our generic decode (``OPD_DIAG_GENERIC_DECODE=1``) to show what the lean
 static-cache decode (``opd_diag/states/lean.py``) saves; one samples with ``--backend hf-compile``
-(each decode iteration ``torch.compile``-d; its first step, which holds the compile, is dropped
+(blocks of decode iterations ``torch.compile``-d; its first step, which holds the compile, is dropped
 like every run's first step and reported separately). Both loops' mean completion lengths are
 recorded (equal lengths are what makes the step times comparable). TRL runs on CPU with
 ``use_cpu=True, bf16=False, gradient_checkpointing=False``; runs alternate (ours, TRL, ours, …)

@@ -145,3 +145,19 @@ def main_help(capsys, command: str) -> str:
     with pytest.raises(SystemExit):
         main([command, "--help"])
     return capsys.readouterr().out
+
+
+def test_cli_says_hf_compile_compiles_first(capsys):
+    """The CLI tells a user why the first batch of --backend hf-compile takes a minute (not in a
+    --dry-run, whose plan says it), and says nothing for hf."""
+    import argparse
+
+    from opd_diag.cli.common import backend_from_args
+
+    ns = dict(gpu_memory_utilization=0.9, dry_run=False)
+    assert backend_from_args(argparse.Namespace(backend="hf-compile", **ns)).compile
+    assert "first batch compiles the decode" in capsys.readouterr().err
+    backend_from_args(argparse.Namespace(backend="hf", **ns))
+    backend_from_args(argparse.Namespace(backend="hf-compile", gpu_memory_utilization=0.9,
+                                         dry_run=True))
+    assert capsys.readouterr().err == ""

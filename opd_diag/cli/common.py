@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 # One help text per flag that several subcommands share (tests/test_cli.py checks they agree).
 HELP = {
@@ -144,7 +145,13 @@ def backend_from_args(args):
     """The sampling backend the flags ask for (an OpdDiagError for vllm without vLLM / GPU)."""
     from ..states.backend import make_backend
 
-    return make_backend(args.backend, gpu_memory_utilization=args.gpu_memory_utilization)
+    backend = make_backend(args.backend, gpu_memory_utilization=args.gpu_memory_utilization)
+    if backend.compile and not (getattr(args, "dry_run", False) or getattr(args, "quiet", False)):
+        # a silent minute otherwise
+        print("opd-diag: --backend hf-compile: the first batch compiles the decode (about a "
+              "minute on a small CPU; later runs on this machine reuse the inductor cache)",
+              file=sys.stderr, flush=True)
+    return backend
 
 
 def show_plan(args) -> bool:
@@ -158,8 +165,6 @@ def show_plan(args) -> bool:
 
 
 def print_plan(plan, args, file=None) -> None:
-    import sys
-
     if getattr(args, "dry_run", False):  # the plan is the command's output
         print(plan.render(), file=file or sys.stdout, flush=True)
     elif not getattr(args, "quiet", False):  # a real run: the plan first, on stderr

@@ -80,6 +80,8 @@ def _objective(cfg: TrainConfig, zs: torch.Tensor, zt: torch.Tensor | None,
         reverse = cfg.objective == "reverse_kl"
         return D.kl_loss_from_stats(zs, zt, st["lse_s"], st["lse_t"],
                                     st["rkl" if reverse else "fkl"], reverse=reverse)
+    if 0.0 < cfg.beta < 1.0:  # value and closed-form gradient from the logits' normalisers
+        return D.jsd_loss_from_stats(zs, zt, st["lse_s"], st["lse_t"], cfg.beta)
     lp_N_V = torch.log_softmax(zs, dim=-1)
     lq_N_V = zt - st["lse_t"][:, None]
     return D.generalized_jsd_loss(lp_N_V, lq_N_V, cfg.beta)

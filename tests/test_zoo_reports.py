@@ -69,9 +69,22 @@ def test_phenomena_v2_columns_rederived_from_committed_tables():
     from opd_diag.zoo.phenomena import V2_COLUMNS, apply_v2, collect_v2
 
     df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
+    probes = pd.read_csv(REPORTS / "zoo-v2-preflight-probes.csv")
     v2 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
-                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"))
+                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes)
     pd.testing.assert_frame_equal(apply_v2(df, v2)[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
+    # hand-edited pre-flight probe values change the rows derived from them
+    edit = probes.copy()
+    same = (edit.pair == "v2-reverse") & (edit.metric == "kl_teacher_ref")
+    edit.loc[same, "value"] = 10.0  # the same-pipeline reference no longer looks identical
+    bad = (edit.pair == "v2-out-of-reach") & (edit.metric == "auroc_rbar")
+    edit.loc[bad, "value"] = 0.5  # r̄ no longer separates for the failed teacher
+    cont = (edit.pair == "v2-long-horizon") & (edit.metric == "advantage")
+    edit.loc[cont, "value"] = 0.2  # no decay with depth
+    edited = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+                        pd.read_csv(REPORTS / "zoo-v2-validation.csv"), edit).set_index("id")
+    assert edited.loc[9, "v2 result"] == "partial" and edited.loc[12, "v2 result"] == "partial"
+    assert edited.loc[13, "v2 result"] == "no"
     # a hand-edited dynamics table changes the derived result
     dyn = pd.read_csv(REPORTS / "zoo-v2-dynamics.csv")
     dyn.loc[dyn.pair == "v2-long-horizon", "overlap_mass_min"] = 0.5
@@ -223,3 +236,25 @@ def test_sweep_three_seed_family_averages_seeds_and_decides_row_14():
     one = claims(items[items.seed == 0])
     assert set(one[one.family == FAMILY_3SEEDS].result) == {"not run"}
     assert row_status(one[one.id == 14])[1] == "lr3e-4"
+
+
+def test_v2_preflight_probes_read_from_runs(tmp_path):
+    """The held-out rows' probe values come straight from the pre-flight runs' probe tables
+    (reference keys reduced to the model's directory name); pairs without a run are skipped."""
+    from opd_diag.core.runs import open_run
+    from opd_diag.zoo.phenomena import V2_PREFLIGHTS, v2_preflight_probes
+
+    with open_run(tmp_path / "preflight-v2-reverse", "preflight", {}) as run:
+        run.write_probe("novelty", pd.DataFrame({
+            "section": ["reference", "reference", "frontier"],
+            "key": ["/x/models-v2/v2-student-0-long"] * 2 + ["a"],
+            "metric": ["kl_teacher_ref", "kl_student_teacher", "n"], "value": [0.1, 0.4, 3.0]}))
+        run.write_probe("horizon", pd.DataFrame({
+            "section": ["auroc", "continuation", "depth"], "key": ["0", "0.5", "0"],
+            "metric": ["auroc_rbar", "advantage", "H"], "value": [0.8, 0.2, 1.0]}))
+    got = v2_preflight_probes(tmp_path)
+    assert "v2-reverse" in V2_PREFLIGHTS and set(got.pair) == {"v2-reverse"}
+    assert sorted(got.metric) == ["advantage", "auroc_rbar", "kl_student_teacher",
+                                  "kl_teacher_ref"]
+    assert set(got[got.section == "reference"].key) == {"v2-student-0-long"}
+    assert v2_preflight_probes(tmp_path / "none").empty

@@ -223,10 +223,47 @@ def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """The held-out replication of rows 1, 3-6, 10, 11 on zoo v2, both halves of each claim
-    (success side :data:`V2_SUCCESS`, failure side :data:`V2_FAILURE`), means over 3 OPD seeds.
-    Pure: the tests re-derive the committed columns from the committed CSVs."""
+#: the zoo-v2 pre-flights the held-out rows 9, 12 and 13 read (``runs/posthoc-v2``, written
+#: by ``benchmarks/preflight_validation.py --zoo v2``): same-pipeline reference (v2-reverse),
+#: other-pipeline reference (v2-no-novelty), success and failure sides of the r̄ AUROC
+V2_PREFLIGHTS = ("v2-reverse", "v2-no-novelty", "v2-long-horizon", "v2-out-of-reach")
+#: the v2 failure side of row 12 (a failed v2 pair with a pre-flight; v2-incompatible has none)
+V2_BAD_TEACHER = "v2-out-of-reach"
+
+
+def v2_preflight_probes(root: str | Path = "runs/posthoc-v2") -> pd.DataFrame:
+    """The probe values the held-out rows 9, 12, 13 use, one row per (pair, probe, section, key,
+    metric), from the zoo-v2 pre-flights under ``root`` (``reports/zoo-v2-preflight-probes.csv``):
+    the novelty probe's reference distances, the horizon probe's r̄ AUROC by depth bin and its
+    teacher-continuation advantage by prefix fraction."""
+    from ..core.runs import load_run
+
+    want = {("novelty", "reference"), ("horizon", "auroc"), ("horizon", "continuation")}
+    frames = []
+    for pair in V2_PREFLIGHTS:
+        path = Path(root) / f"preflight-{pair}"
+        if not (path / "run.json").is_file():
+            continue
+        run = load_run(path)
+        for probe in sorted({p for p, _ in want}):
+            if not (path / "probes" / f"{probe}.parquet").is_file():
+                continue
+            t = run.probe(probe)
+            t = t[[(probe, sec) in want for sec in t.section]]
+            frames.append(pd.DataFrame({"pair": pair, "probe": probe, "section": t.section,
+                                        "key": t.key.astype(str).map(lambda k: Path(k).name),
+                                        "metric": t.metric, "value": t.value.astype(float)}))
+    cols = ["pair", "probe", "section", "key", "metric", "value"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
+               probes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The held-out replication on zoo v2, both halves of each claim where it has two (success
+    side :data:`V2_SUCCESS`, failure side :data:`V2_FAILURE`): rows 1-6, 10, 11 from the OPD
+    runs (means over 3 OPD seeds), rows 9, 12, 13 from the v2 pre-flights' probes
+    (:func:`v2_preflight_probes`) with the criteria of the zoo-v1 rows unchanged. Pure: the
+    tests re-derive the committed columns from the committed CSVs."""
     from .v2.sweep import phenomenon_status
 
     d = dyn.groupby("pair").mean(numeric_only=True)
@@ -245,6 +282,11 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     put(1, f"min shared top-16 mass: {S} {_fmt(ms)}, {F} {_fmt(mf)} (success ≥ 0.97; the "
         "failure side below it)",
         [ms >= 0.97, mf < 0.97])
+    o_s, o_n, o_i = (g(p, "overlap_ratio@first") for p in (S, "v2-no-novelty", F))
+    if not np.isnan(o_i):
+        put(2, f"overlap@16, mean of the first 10 OPD steps: {S} {_fmt(o_s)}, v2-no-novelty "
+            f"{_fmt(o_n)}, {F} {_fmt(o_i)} (compatible pairs above the incompatible one)",
+            [min(o_s, o_n) > o_i])
     a0, a1, b0, b1 = (g(p, f"overlap_ratio@{w}") for p in (S, F) for w in ("first", "last"))
     put(3, f"overlap@16 first→last 10 steps: {S} {_fmt(a0)}→{_fmt(a1)}, {F} {_fmt(b0)}→{_fmt(b1)}"
         " (rises in success; the failure side must rise less)",
@@ -271,7 +313,48 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
         put(11, f"hard gap recovery: v2-success (teacher-a) {rs:.2f} vs v2-no-novelty "
             f"(student-partial-long) {rn:.2f} (both outcomes failed/undetermined at the v2 budget)",
             [rs > rn])
+    if probes is not None and len(probes):
+        _v2_probe_rows(probes, put)
     return pd.DataFrame([(k, *v) for k, v in sorted(out.items())], columns=["id", *V2_COLUMNS])
+
+
+def _v2_probe_rows(probes: pd.DataFrame, put) -> None:
+    """Rows 9, 12, 13 of the v2 replication from :func:`v2_preflight_probes`' table."""
+    def value(pair, section, metric, key=None):
+        t = probes[(probes.pair == pair) & (probes.section == section) & (probes.metric == metric)]
+        if key is not None:
+            t = t[t.key.astype(str) == str(key)]
+        return float(t.value.iloc[0]) if len(t) else np.nan
+
+    same, other = ("v2-reverse", "v2-student-0-long"), ("v2-no-novelty", "v2-teacher-a")
+    r = {name: (value(pair, "reference", "kl_teacher_ref", ref),
+                value(pair, "reference", "kl_student_teacher", ref))
+         for name, (pair, ref) in (("same", same), ("other", other))}
+    if not any(np.isnan(x) for pair in r.values() for x in pair):
+        (a, b), (c, d) = r["same"], r["other"]
+        put(9, f"same pipeline: KL(v2-student-0 ‖ v2-student-0-long) = {_fmt(a)} vs "
+            f"KL(v2-student-rl ‖ v2-student-0) = {_fmt(b)}; another pipeline: "
+            f"KL(v2-student-partial-long ‖ v2-teacher-a) = {_fmt(c)} vs KL(v2-student-partial ‖ "
+            f"v2-student-partial-long) = {_fmt(d)} (same: < 0.5×; other: not)",
+            [a < 0.5 * b, c >= 0.5 * d])
+
+    def last_auroc(pair):
+        t = probes[(probes.pair == pair) & (probes.section == "auroc")
+                   & (probes.metric == "auroc_rbar")]
+        return float(t.assign(b=t.key.astype(float)).sort_values("b").value.iloc[-1]) \
+            if len(t) else np.nan
+
+    good, bad = last_auroc(V2_SUCCESS), last_auroc(V2_BAD_TEACHER)
+    if not (np.isnan(good) or np.isnan(bad)):
+        put(12, f"r̄ AUROC, deepest bin: {V2_SUCCESS} {_fmt(good)}, {V2_BAD_TEACHER} (failed) "
+            f"{_fmt(bad)} (both > 0.6)", [good > 0.6, bad > 0.6])
+    c = probes[(probes.pair == V2_SUCCESS) & (probes.section == "continuation")
+               & (probes.metric == "advantage")]
+    if len(c):
+        c = c.assign(f=c.key.astype(float)).sort_values("f")
+        put(13, f"{V2_SUCCESS} teacher-continuation advantage by prefix fraction "
+            + ", ".join(f"{k:g}: {_fmt(x)}" for k, x in zip(c.f, c.value, strict=True)),
+            [float(c.value.iloc[0]) > float(c.value.iloc[-1])])
 
 
 def apply_v2(df: pd.DataFrame, v2: pd.DataFrame) -> pd.DataFrame:
@@ -336,7 +419,9 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
         "`reports/zoo-content-items.csv`).", "",
         *(["**Held-out replication on zoo v2** (another task, tokenizer and models; both halves "
            "of each claim, 3 OPD seeds; `reports/zoo-v2-dynamics.csv`, "
-           "`reports/zoo-v2-validation.csv`): "
+           "`reports/zoo-v2-validation.csv`; rows 9, 12 and 13 from the v2 pre-flights' probes, "
+           "`reports/zoo-v2-preflight-probes.csv`, scored with the zoo-v1 rows' criteria "
+           "unchanged, and added, like row 2's, after those probe values existed): "
            + ", ".join(f"{int(n)} {k}" for k, n in df[V2_COLUMNS[1]].value_counts().items())
            + f" of {len(df)}. Its success side is {V2_SUCCESS} (recovery 0.51, undetermined); "
            "the v2 positive control did not move at the v2 budget.", ""]
@@ -403,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--v2-runs", default="runs/zoo-v2",
                     help="zoo-v2 protocol runs: their training dynamics are summarised into "
                     "reports/zoo-v2-dynamics.csv (kept as committed when missing)")
+    ap.add_argument("--v2-preflights", default="runs/posthoc-v2",
+                    help="zoo-v2 pre-flight runs: the probe values of the held-out rows 9, 12, "
+                    "13 go to reports/zoo-v2-preflight-probes.csv (kept as committed when "
+                    "missing)")
     ap.add_argument("--content-runs", default=None,
                     help="where the content-alignment runs are (row 17; default: --runs): "
                     "summarised into reports/zoo-content*.csv (kept as committed when missing)")
@@ -433,8 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         dyn = v2_dynamics(args.v2_runs)
         if len(dyn):
             write_csv(dyn_path, dyn)
+    probes_path = out / "zoo-v2-preflight-probes.csv"
+    if Path(args.v2_preflights).is_dir():
+        probes = v2_preflight_probes(args.v2_preflights)
+        if len(probes):
+            write_csv(probes_path, probes)
     if dyn_path.is_file() and v2_out.is_file():
-        df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out)))
+        df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out),
+                                     pd.read_csv(probes_path) if probes_path.is_file() else None))
     df = _with_content(df, out, Path(args.content_runs or args.runs))
     write_csv(out / "zoo-phenomena.csv", df)
     write_csv(out / "zoo-validation.csv", val)

@@ -85,6 +85,13 @@ def test_phenomena_v2_columns_rederived_from_committed_tables():
                         pd.read_csv(REPORTS / "zoo-v2-validation.csv"), edit).set_index("id")
     assert edited.loc[9, "v2 result"] == "partial" and edited.loc[12, "v2 result"] == "partial"
     assert edited.loc[13, "v2 result"] == "no"
+    tl = (edit.pair == "v2-long-horizon") & (edit.probe == "token_level")
+    edit.loc[tl & (edit.metric == "wrong_sign_rate_all"), "value"] = 0.4  # inside both bands
+    edit.loc[tl & (edit.metric == "conflict_rate"), "value"] = 0.6
+    val = pd.read_csv(REPORTS / "zoo-v2-validation.csv")
+    val.loc[val.pair == "v2-template", "acc_after/hard"] = 0.9  # misaligned ends ahead
+    edited = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"), val, edit).set_index("id")
+    assert edited.loc[18, "v2 result"] == "yes" and edited.loc[16, "v2 result"] == "no"
     # a hand-edited dynamics table changes the derived result
     dyn = pd.read_csv(REPORTS / "zoo-v2-dynamics.csv")
     dyn.loc[dyn.pair == "v2-long-horizon", "overlap_mass_min"] = 0.5

@@ -223,7 +223,7 @@ def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: the zoo-v2 pre-flights the held-out rows 9, 12 and 13 read (``runs/posthoc-v2``, written
+#: the zoo-v2 pre-flights the held-out rows 9, 12, 13 and 18 read (``runs/posthoc-v2``, written
 #: by ``benchmarks/preflight_validation.py --zoo v2``): same-pipeline reference (v2-reverse),
 #: other-pipeline reference (v2-no-novelty), success and failure sides of the r̄ AUROC
 V2_PREFLIGHTS = ("v2-reverse", "v2-no-novelty", "v2-long-horizon", "v2-out-of-reach")
@@ -232,13 +232,15 @@ V2_BAD_TEACHER = "v2-out-of-reach"
 
 
 def v2_preflight_probes(root: str | Path = "runs/posthoc-v2") -> pd.DataFrame:
-    """The probe values the held-out rows 9, 12, 13 use, one row per (pair, probe, section, key,
-    metric), from the zoo-v2 pre-flights under ``root`` (``reports/zoo-v2-preflight-probes.csv``):
-    the novelty probe's reference distances, the horizon probe's r̄ AUROC by depth bin and its
-    teacher-continuation advantage by prefix fraction."""
+    """The probe values the held-out rows 9, 12, 13, 18 use, one row per (pair, probe, section,
+    key, metric), from the zoo-v2 pre-flights under ``root``
+    (``reports/zoo-v2-preflight-probes.csv``): the novelty probe's reference distances, the
+    horizon probe's r̄ AUROC by depth bin and teacher-continuation advantage by prefix fraction,
+    and the token-level probe's scalars."""
     from ..core.runs import load_run
 
-    want = {("novelty", "reference"), ("horizon", "auroc"), ("horizon", "continuation")}
+    want = {("novelty", "reference"), ("horizon", "auroc"), ("horizon", "continuation"),
+            ("token_level", "")}
     frames = []
     for pair in V2_PREFLIGHTS:
         path = Path(root) / f"preflight-{pair}"
@@ -249,6 +251,8 @@ def v2_preflight_probes(root: str | Path = "runs/posthoc-v2") -> pd.DataFrame:
             if not (path / "probes" / f"{probe}.parquet").is_file():
                 continue
             t = run.probe(probe)
+            if "section" not in t:  # token_level: one value per metric
+                t = t.assign(section="", key="")
             t = t[[(probe, sec) in want for sec in t.section]]
             frames.append(pd.DataFrame({"pair": pair, "probe": probe, "section": t.section,
                                         "key": t.key.astype(str).map(lambda k: Path(k).name),
@@ -313,13 +317,21 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
         put(11, f"hard gap recovery: v2-success (teacher-a) {rs:.2f} vs v2-no-novelty "
             f"(student-partial-long) {rn:.2f} (both outcomes failed/undetermined at the v2 budget)",
             [rs > rn])
+    if {"v2-template", "v2-success"} <= set(o.index):  # the same pair, question vs plain template
+        sub = o.loc["v2-success", "main_subset"]
+        ta0, tm0 = g("v2-success", "overlap_ratio@first"), g("v2-template", "overlap_ratio@first")
+        taa, tma = (float(o.loc[p, f"acc_after/{sub}"]) for p in ("v2-success", "v2-template"))
+        put(16, f"overlap@16 over the first 10 OPD steps {_fmt(tm0)} (misaligned `question`) vs "
+            f"{_fmt(ta0)} (aligned); {sub} accuracy after OPD {tma:.3f} vs {taa:.3f} (v2-teacher-a "
+            "never saw the `question` template)", [ta0 > tm0 and taa > tma])
     if probes is not None and len(probes):
         _v2_probe_rows(probes, put)
     return pd.DataFrame([(k, *v) for k, v in sorted(out.items())], columns=["id", *V2_COLUMNS])
 
 
 def _v2_probe_rows(probes: pd.DataFrame, put) -> None:
-    """Rows 9, 12, 13 of the v2 replication from :func:`v2_preflight_probes`' table."""
+    """Rows 9, 12, 13, 18 of the v2 replication from :func:`v2_preflight_probes`' table."""
+    probes = probes.fillna({"section": "", "key": ""})  # a CSV reads the empty ones as NaN
     def value(pair, section, metric, key=None):
         t = probes[(probes.pair == pair) & (probes.section == section) & (probes.metric == metric)]
         if key is not None:
@@ -348,6 +360,12 @@ def _v2_probe_rows(probes: pd.DataFrame, put) -> None:
     if not (np.isnan(good) or np.isnan(bad)):
         put(12, f"r̄ AUROC, deepest bin: {V2_SUCCESS} {_fmt(good)}, {V2_BAD_TEACHER} (failed) "
             f"{_fmt(bad)} (both > 0.6)", [good > 0.6, bad > 0.6])
+    noise = value(V2_SUCCESS, "", "wrong_sign_rate_all")
+    conflict = value(V2_SUCCESS, "", "conflict_rate")
+    if not (np.isnan(noise) or np.isnan(conflict)):
+        put(18, f"{V2_SUCCESS}: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
+            f"{_fmt(conflict)} (the zoo-v1 bands: 0.306-0.506, 0.486-0.682)",
+            [0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682])
     c = probes[(probes.pair == V2_SUCCESS) & (probes.section == "continuation")
                & (probes.metric == "advantage")]
     if len(c):
@@ -419,9 +437,11 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
         "`reports/zoo-content-items.csv`).", "",
         *(["**Held-out replication on zoo v2** (another task, tokenizer and models; both halves "
            "of each claim, 3 OPD seeds; `reports/zoo-v2-dynamics.csv`, "
-           "`reports/zoo-v2-validation.csv`; rows 9, 12 and 13 from the v2 pre-flights' probes, "
-           "`reports/zoo-v2-preflight-probes.csv`, scored with the zoo-v1 rows' criteria "
-           "unchanged, and added, like row 2's, after those probe values existed): "
+           "`reports/zoo-v2-validation.csv`; rows 9, 12, 13 and 18 from the v2 pre-flights' "
+           "probes, "
+           "`reports/zoo-v2-preflight-probes.csv`, rows 2 and 16 from the v2 OPD runs; all "
+           "scored with the zoo-v1 rows' criteria unchanged, and added after those values "
+           "existed): "
            + ", ".join(f"{int(n)} {k}" for k, n in df[V2_COLUMNS[1]].value_counts().items())
            + f" of {len(df)}. Its success side is {V2_SUCCESS} (recovery 0.51, undetermined); "
            "the v2 positive control did not move at the v2 budget.", ""]

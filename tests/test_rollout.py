@@ -226,8 +226,11 @@ def test_compiled_decode_gives_the_lean_samples():
         assert max(len(c) for c, _ in lean) > longest
         return lean
 
+    from torch._dynamo.utils import counters
+
     assert cfg.max_new_tokens % R.DECODE_BLOCK == 0
     both((3, 7, 5, 9), [0, 1, 2, 3])
+    compiled = counters["stats"]["unique_graphs"]
     before = both((4, 11, 6), [4, 5, 6])
     odd = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=4 * R.DECODE_BLOCK + 1)
     out = both((5, 8), [7, 8], cfg=odd, longest=0)  # not a whole number of blocks
@@ -235,6 +238,8 @@ def test_compiled_decode_gives_the_lean_samples():
     # most tokens end a row: the whole batch stops inside a block
     early = both((5, 8, 3), [9, 10, 11], kw=dict(eos_ids=list(range(2, 60)), pad_id=0), longest=0)
     assert max(len(c) for c, _ in early) < R.DECODE_BLOCK
+    # one compile served every batch size, budget and EOS list (no recompiles)
+    assert counters["stats"]["unique_graphs"] == compiled
     with torch.no_grad():  # an in-place update, like AdamW's
         model.lm_head.weight.mul_(3.0)
     gen.manual_seed(3)

@@ -106,7 +106,17 @@ class LeanDecoder:
         return self._rope_table is not None
 
     def static_args(self) -> tuple:
-        """The tensors :func:`static_decode_step` takes after ``tokens, positions, t``."""
+        """The tensors :func:`static_decode_step` takes after ``tokens, positions, t, cur``.
+
+        Their architecture dimensions (kv heads, head size) are marked static for
+        ``torch.compile``: left dynamic, a head size equal to the batch size (32 and 32) would
+        share the batch's symbol, which then specialises, and every other batch size recompiles.
+        """
+        for cache in (*self.keys, *self.values):
+            torch._dynamo.mark_static(cache, 1)
+            torch._dynamo.mark_static(cache, 3)
+        for table in self._rope_table:
+            torch._dynamo.mark_static(table, 1)
         return (self.valid, self.keys, self.values, *self._rope_table)
 
     @torch.no_grad()
@@ -160,16 +170,17 @@ def _decode(model, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary
 
 
 def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Tensor,
-                       t: torch.Tensor, valid: torch.Tensor, keys: list[torch.Tensor],
+                       t: torch.Tensor, cur: int, valid: torch.Tensor, keys: list[torch.Tensor],
                        values: list[torch.Tensor], cos_table: torch.Tensor,
                        sin_table: torch.Tensor) -> torch.Tensor:
-    """:meth:`LeanDecoder.step` with shapes fixed for a whole decode, for ``torch.compile``.
+    """:meth:`LeanDecoder.step` over preallocated tensors, for ``torch.compile``.
 
-    ``tokens`` ``[B]`` go in at cache index ``t`` (a 0-d tensor, so the step number is data, not
-    a recompile) and ``positions`` ``[B]``; attention runs over the whole preallocated cache
-    under ``valid`` (future slots are masked, so the result is :meth:`LeanDecoder.step`'s up to
-    summation order). ``keys``/``values``/``valid`` are updated in place. The same modules in the
-    same order as the model's forward; ``rotary`` is the architecture's
+    ``tokens`` ``[B]`` go in at cache index ``t`` (a 0-d tensor) and ``positions`` ``[B]``;
+    attention runs over the first ``cur`` (= ``t + 1``) cache slots under ``valid``. Compiled
+    with dynamic shapes, ``cur`` is a symbolic size, so one graph serves every step and no step
+    reads the unwritten tail of the cache (which on a long decode would double the key/value
+    memory traffic). ``keys``/``values``/``valid`` are updated in place. The same modules in
+    the same order as the model's forward; ``rotary`` is the architecture's
     ``apply_rotary_pos_emb``. Returns next-token logits ``[B, V]``.
     """
     at = t.view(1)
@@ -179,7 +190,7 @@ def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Ten
     def cache_kv(i: int, k: torch.Tensor, v: torch.Tensor):
         keys[i].index_copy_(2, at, k)
         values[i].index_copy_(2, at, v)
-        return keys[i], values[i]
+        return keys[i][:, :, :cur], values[i][:, :, :cur]
 
     return _decode(model, h, cos_table[positions][:, None], sin_table[positions][:, None],
-                   rotary, valid[:, None, None, :], cache_kv)
+                   rotary, valid[:, None, None, :cur], cache_kv)

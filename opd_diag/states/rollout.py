@@ -128,7 +128,8 @@ def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature
 
 def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finished: torch.Tensor,
              eos: torch.Tensor, pad_id: int, temperature: float, top_p: float,
-             positions: torch.Tensor, t: torch.Tensor, *static) -> tuple[torch.Tensor, ...]:
+             positions: torch.Tensor, t: torch.Tensor, cur: int, *static
+             ) -> tuple[torch.Tensor, ...]:
     """One decode iteration of :func:`sample_batch` as a single function (``compile=True``
     compiles blocks of them, :func:`_advance_block`): sample the tokens from ``logits``, mark finished rows, and run
     :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
@@ -137,8 +138,8 @@ def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finish
     nxt, ok = _sample_next(logits, uniforms, temperature, top_p)
     bad = ~ok.all()
     nxt = nxt.masked_fill(finished, pad_id)
-    finished = finished | torch.isin(nxt, eos)
-    new = static_decode_step(model, rotary, nxt, positions, t, *static)
+    finished = finished | (nxt[:, None] == eos).any(-1)  # isin's decomposition branches on sizes
+    new = static_decode_step(model, rotary, nxt, positions, t, cur, *static)
     return new, nxt, finished, finished.all() | bad, bad
 
 
@@ -151,7 +152,7 @@ DECODE_BLOCK = 4
 
 def _advance_block(model, rotary, logits: torch.Tensor, uniforms_B_K: torch.Tensor,
                    finished: torch.Tensor, eos: torch.Tensor, pad_id: int, temperature: float,
-                   top_p: float, positions: torch.Tensor, t: torch.Tensor, *static
+                   top_p: float, positions: torch.Tensor, t: torch.Tensor, cur: int, *static
                    ) -> tuple[torch.Tensor, ...]:
     """:data:`DECODE_BLOCK` iterations of :func:`_advance` in one function (what ``compile=True``
     hands to ``torch.compile``). Returns ``(next_logits, tokens [B, K], finished, stop [K],
@@ -162,7 +163,7 @@ def _advance_block(model, rotary, logits: torch.Tensor, uniforms_B_K: torch.Tens
     for j in range(uniforms_B_K.shape[1]):
         logits, nxt, finished, stop, bad = _advance(
             model, rotary, logits, uniforms_B_K[:, j], finished, eos, pad_id, temperature,
-            top_p, positions + j, t + j, *static)
+            top_p, positions + j, t + j, cur + j, *static)
         tokens.append(nxt)
         stops.append(stop)
         bads.append(bad)
@@ -230,7 +231,10 @@ def sample_batch(
     # token from the row's generator (CPU mt19937), without B small draws per token
     uniforms = torch.stack([torch.rand(cfg.max_new_tokens, generator=torch.Generator().manual_seed(s))
                             for s in seeds]).to(device)
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    # at least two entries (the first repeated): a size-1 dimension is always specialised, so a
+    # model with one EOS id and one with several would each compile the decode
+    eos = torch.tensor((list(eos_ids) * 2)[: max(2, len(eos_ids))], dtype=torch.long,
+                       device=device)
     kv = {cache_kwarg(model): DynamicCache(config=model.config)}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                 use_cache=True, logits_to_keep=1, **kv)
@@ -238,13 +242,18 @@ def sample_batch(
     use_lean = lean and lean_supported(model, P + cfg.max_new_tokens) is None
     K = DECODE_BLOCK if compile else 1
     n_slots = -(-cfg.max_new_tokens // K) * K  # the compiled decode runs whole blocks
-    decoder = LeanDecoder(model, next(iter(kv.values())), mask, n_slots) if use_lean else None
+    # compiled: one spare cache slot, so an attended prefix never spans the whole cache (a slice
+    # to the full size would specialise the graph on it and recompile)
+    decoder = LeanDecoder(model, next(iter(kv.values())), mask, n_slots + (K > 1)) \
+        if use_lean else None
     logits_now = out.logits[:, -1]
     tokens = torch.full((B, n_slots), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_pos = positions[:, -1:] + 1
     n_done = 0
     if compile and decoder is not None and decoder.static:
+        import torch.fx.experimental._config as fx_config
+
         advance = _compiled_advance(device.type)
         t = torch.tensor(decoder.length, device=device)
         pos_B, static = next_pos[:, 0].clone(), decoder.static_args()
@@ -252,10 +261,15 @@ def sample_batch(
             uniforms = torch.cat([uniforms, uniforms.new_zeros(B, n_slots - cfg.max_new_tokens)], 1)
         for i in range(0, cfg.max_new_tokens, K):
             try:
-                logits_now, nxt, finished, stop, bad = advance(
-                    model, decoder._rotary, logits_now[:, :vocab_limit].float(),
-                    uniforms[:, i: i + K], finished, eos, pad_id, cfg.temperature, cfg.top_p,
-                    pos_B, t, *static)
+                # fresh [B, V] logits every call (a view's base enters dynamo's guards: the
+                # prefill's 3-d logits, then a block's output, compiled twice), and no duck
+                # sizing (dimensions that happen to be equal, e.g. batch 32 and head size 32,
+                # would share a symbol and specialise: a recompile per batch size)
+                with fx_config.patch(use_duck_shape=False):
+                    logits_now, nxt, finished, stop, bad = advance(
+                        model, decoder._rotary, logits_now[:, :vocab_limit].float().clone(),
+                        uniforms[:, i: i + K], finished, eos, pad_id, cfg.temperature,
+                        cfg.top_p, pos_B, t, decoder.length + i + 1, *static)
             except Exception as exc:  # noqa: BLE001 - a compiler failure is the user's to fix
                 if i == 0 and not isinstance(exc, OpdDiagError):
                     raise OpdDiagError(f"--backend hf-compile: torch.compile of the decode step "

@@ -11,6 +11,7 @@ top-p-adjusted) distribution; temperature 0 is greedy decoding.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import asdict, dataclass
@@ -180,6 +181,17 @@ def _compiled_advance(device_type: str):
     return torch.compile(_advance_block, dynamic=True, fullgraph=True, options=options)
 
 
+def _no_duck_sizing():
+    """A context in which dynamo gives every dynamic dimension its own symbol (torch's private
+    ``use_duck_shape`` switch; a no-op context where a torch version lacks it)."""
+    try:
+        import torch.fx.experimental._config as fx_config
+
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError, TypeError):
+        return contextlib.nullcontext()
+
+
 _NAN_LOGITS = ("the student produced NaN/inf logits while sampling; check the checkpoint and "
                "dtype (try --student-dtype float32)")
 
@@ -252,8 +264,6 @@ def sample_batch(
     next_pos = positions[:, -1:] + 1
     n_done = 0
     if compile and decoder is not None and decoder.static:
-        import torch.fx.experimental._config as fx_config
-
         advance = _compiled_advance(device.type)
         t = torch.tensor(decoder.length, device=device)
         pos_B, static = next_pos[:, 0].clone(), decoder.static_args()
@@ -265,7 +275,7 @@ def sample_batch(
                 # prefill's 3-d logits, then a block's output, compiled twice), and no duck
                 # sizing (dimensions that happen to be equal, e.g. batch 32 and head size 32,
                 # would share a symbol and specialise: a recompile per batch size)
-                with fx_config.patch(use_duck_shape=False):
+                with _no_duck_sizing():
                     logits_now, nxt, finished, stop, bad = advance(
                         model, decoder._rotary, logits_now[:, :vocab_limit].float().clone(),
                         uniforms[:, i: i + K], finished, eos, pad_id, cfg.temperature,

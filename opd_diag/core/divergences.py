@@ -351,12 +351,13 @@ class _JSDFromStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, zs_N_V, zt_N_V, lse_s_N, lse_t_N, beta: float):
-        p = torch.sub(zs_N_V, lse_s_N[:, None]).exp_()
+        lp = torch.sub(zs_N_V, lse_s_N[:, None])
+        p = lp.exp()
         lq = torch.sub(zt_N_V, lse_t_N[:, None])
         q = lq.exp()
         log_m = torch.lerp(p, q, beta).log_()  # M = β q + (1 − β) p
         kl_q = torch.linalg.vecdot(q, lq.sub_(log_m))  # KL(q‖M)
-        d_p = torch.sub(zs_N_V, lse_s_N[:, None]).sub_(log_m)  # log p − log M
+        d_p = lp.sub_(log_m)  # log p − log M
         kl_p = torch.linalg.vecdot(p, d_p)  # KL(p‖M)
         ctx.save_for_backward(p, d_p, kl_p)
         ctx.beta = beta

@@ -127,19 +127,25 @@ def _sample_next(logits_B_V: torch.Tensor, uniforms_B: torch.Tensor, temperature
     return idx.clamp(max=probs.shape[-1] - 1), torch.isfinite(cdf[:, -1])
 
 
+def _is_eos(tokens_B: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """Which sampled tokens are EOS ids (a plain compare: ``torch.isin``'s decomposition
+    branches on the sizes, a guard that recompiles the compiled decode)."""
+    return (tokens_B[:, None] == eos).any(-1)
+
+
 def _advance(model, rotary, logits: torch.Tensor, uniforms: torch.Tensor, finished: torch.Tensor,
              eos: torch.Tensor, pad_id: int, temperature: float, top_p: float,
              positions: torch.Tensor, t: torch.Tensor, cur: int, *static
              ) -> tuple[torch.Tensor, ...]:
     """One decode iteration of :func:`sample_batch` as a single function (``compile=True``
-    compiles blocks of them, :func:`_advance_block`): sample the tokens from ``logits``, mark finished rows, and run
-    :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
+    compiles blocks of them, :func:`_advance_block`): sample the tokens from ``logits``, mark
+    finished rows, and run :func:`~opd_diag.states.lean.static_decode_step` on them. Returns ``(next_logits, tokens,
     finished, stop, bad)``: ``stop`` = every row finished or the logits were not finite
     (``bad``); the decode step of the last iteration is wasted work, not a different sample."""
     nxt, ok = _sample_next(logits, uniforms, temperature, top_p)
     bad = ~ok.all()
     nxt = nxt.masked_fill(finished, pad_id)
-    finished = finished | (nxt[:, None] == eos).any(-1)  # isin's decomposition branches on sizes
+    finished = finished | _is_eos(nxt, eos)
     new = static_decode_step(model, rotary, nxt, positions, t, cur, *static)
     return new, nxt, finished, finished.all() | bad, bad
 
@@ -269,34 +275,35 @@ def sample_batch(
         pos_B, static = next_pos[:, 0].clone(), decoder.static_args()
         if n_slots > cfg.max_new_tokens:  # the last block's spare iterations draw zeros
             uniforms = torch.cat([uniforms, uniforms.new_zeros(B, n_slots - cfg.max_new_tokens)], 1)
-        for i in range(0, cfg.max_new_tokens, K):
-            try:
-                # fresh [B, V] logits every call (a view's base enters dynamo's guards: the
-                # prefill's 3-d logits, then a block's output, compiled twice), and no duck
-                # sizing (dimensions that happen to be equal, e.g. batch 32 and head size 32,
-                # would share a symbol and specialise: a recompile per batch size)
-                with _no_duck_sizing():
+        # no duck sizing while it compiles: dimensions that happen to be equal (e.g. batch 32
+        # and head size 32) would share a symbol and specialise, a recompile per batch size
+        with _no_duck_sizing():
+            for i in range(0, cfg.max_new_tokens, K):
+                try:
+                    # fresh [B, V] logits every call: a view's base enters dynamo's guards (the
+                    # prefill's 3-d logits, then a block's output: compiled twice)
                     logits_now, nxt, finished, stop, bad = advance(
                         model, decoder._rotary, logits_now[:, :vocab_limit].float().clone(),
                         uniforms[:, i: i + K], finished, eos, pad_id, cfg.temperature,
                         cfg.top_p, pos_B, t, decoder.length + i + 1, *static)
-            except Exception as exc:  # noqa: BLE001 - a compiler failure is the user's to fix
-                if i == 0 and not isinstance(exc, OpdDiagError):
-                    raise OpdDiagError(f"--backend hf-compile: torch.compile of the decode step "
-                                       f"failed ({type(exc).__name__}: {exc}); on CPU it needs "
-                                       "a working C++ compiler; use --backend hf") from exc
-                raise
-            tokens[:, i: i + K] = nxt
-            stopped = stop.nonzero()
-            if len(stopped):
-                j = int(stopped[0, 0])
-                if bool(bad[j]):
-                    raise OpdDiagError(_NAN_LOGITS)
-                n_done = i + j + 1
-                break
-            n_done = i + K
-            pos_B.add_(K)
-            t.add_(K)
+                except Exception as exc:  # noqa: BLE001 - a compiler failure is the user's to fix
+                    if i == 0 and not isinstance(exc, OpdDiagError):
+                        raise OpdDiagError(f"--backend hf-compile: torch.compile of the decode "
+                                           f"step failed ({type(exc).__name__}: {exc}); on CPU "
+                                           "it needs a working C++ compiler; use --backend hf"
+                                           ) from exc
+                    raise
+                tokens[:, i: i + K] = nxt
+                stopped = stop.nonzero()
+                if len(stopped):
+                    j = int(stopped[0, 0])
+                    if bool(bad[j]):
+                        raise OpdDiagError(_NAN_LOGITS)
+                    n_done = i + j + 1
+                    break
+                n_done = i + K
+                pos_B.add_(K)
+                t.add_(K)
         return _results(tokens[:, :min(n_done, cfg.max_new_tokens)], eos_ids)
     for i in range(cfg.max_new_tokens):
         nxt, ok = _sample_next(logits_now[:, :vocab_limit], uniforms[:, i], cfg.temperature,
@@ -306,7 +313,7 @@ def sample_batch(
         nxt = nxt.masked_fill_(finished, pad_id)
         tokens[:, i] = nxt
         n_done = i + 1
-        finished |= torch.isin(nxt, eos)
+        finished |= _is_eos(nxt, eos)
         if bool(finished.all()):
             break
         if decoder is not None:

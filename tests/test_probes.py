@@ -413,3 +413,34 @@ def test_auroc_per_token_bin_with_prompt_cis():
     frac = reward_auroc_by_depth(st, roll, n_bins=4, n_boot=200)
     assert frac.auroc_rbar.iloc[0] > frac.auroc_rbar.iloc[-1]
     assert frac.mean_position.is_monotonic_increasing
+
+
+def test_teacher_noise_and_conflict_rates_by_hand():
+    """OPSA's wrong-sign rate on answer tokens (all / correct / incorrect / signal-bearing), the
+    near-zero-advantage share and RA-OPD's conflict rate, on a frame small enough to count."""
+    from opd_diag.probes.tokens import NEAR_ZERO_ADVANTAGE, _outcome_rows
+
+    # rollout 0: correct, 4 content tokens + EOS; rollout 1: incorrect, truncated at 3 tokens
+    states = pd.DataFrame({"rollout_id": [0, 0, 0, 0, 0, 1, 1, 1],
+                           "t": [0, 1, 2, 3, 4, 0, 1, 2], "T": [5] * 5 + [3] * 3})
+    rollouts = pd.DataFrame({"rollout_id": [0, 1], "stop_reason": ["eos", "length"],
+                             "correct": [True, False]})
+    tiny = NEAR_ZERO_ADVANTAGE / 10
+    # A = log q - log p per position; answer tokens = the last 2 content positions:
+    # rollout 0 -> t 2, 3 (t 4 is the EOS), rollout 1 -> t 1, 2
+    reward = np.array([5.0, 5.0, -0.5, -tiny, 0.0, -3.0, 0.2, tiny])
+    rows = pd.DataFrame(_outcome_rows(0, states, rollouts, reward, n_answer_tokens=2))
+    got = rows.set_index("metric").value
+    # wrong sign: negative on the correct rollout (t 2: yes, t 3: yes, rounding-size),
+    # positive on the incorrect one (t 1: yes, t 2: yes, rounding-size)
+    assert got["wrong_sign_rate_all"] == pytest.approx(4 / 4)
+    assert got["wrong_sign_rate_correct"] == pytest.approx(2 / 2)
+    assert got["wrong_sign_rate_incorrect"] == pytest.approx(2 / 2)
+    assert got["wrong_sign_rate_signal"] == pytest.approx(2 / 2)  # only t 2 / t 1 count
+    assert got["near_zero_share_answer"] == pytest.approx(2 / 4)
+    # r̄: rollout 0 mean (5 + 5 - 0.5 - tiny + 0) / 5 > 0, correct -> no conflict;
+    # rollout 1 mean (-3 + 0.2 + tiny) / 3 < 0, incorrect -> no conflict
+    assert got["conflict_rate"] == 0.0
+    flipped = pd.DataFrame(_outcome_rows(0, states, rollouts, -reward, 2)).set_index("metric")
+    assert flipped.value["conflict_rate"] == 1.0
+    assert flipped.value["wrong_sign_rate_all"] == pytest.approx(0.0)

@@ -70,9 +70,22 @@ def test_phenomena_v2_columns_rederived_from_committed_tables():
 
     df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
     probes = pd.read_csv(REPORTS / "zoo-v2-preflight-probes.csv")
+    alt = pd.read_csv(REPORTS / "zoo-v2-alt-teacher-items.csv")
     v2 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
-                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes)
+                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, alt)
     pd.testing.assert_frame_equal(apply_v2(df, v2)[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
+    # row 10's second teacher: without its runs that half is "not run"; a distilled student
+    # that kept its post-training skill fails it
+    no_alt = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+                        pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes).set_index("id")
+    assert "toward v2-student-0-long not run" in no_alt.loc[10, "zoo v2 (held out)"]
+    kept = alt.copy()
+    kept.loc[kept.role == "after", "correct"] = 1
+    edited = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+                        pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, kept)
+    row10 = edited.set_index("id").loc[10]
+    assert "→ 1.000 toward v2-student-0-long" in row10["zoo v2 (held out)"]
+    assert row10["v2 result"] == "partial"  # the first half (toward v2-student-0) still holds
     # hand-edited pre-flight probe values change the rows derived from them
     edit = probes.copy()
     same = (edit.pair == "v2-reverse") & (edit.metric == "kl_teacher_ref")

@@ -278,4 +278,47 @@ def test_zoo_sweep_bad_input(tmp_path, capsys):
         sweep(tmp_path, variants=["no-such-variant"])
     with pytest.raises(ValueError, match="needs a tag"):  # never mistaken for a protocol run
         run_one(tmp_path, "v2-long-horizon", 0, 10, overrides={"lr": 1e-4})
+    capsys.readouterr()
+    assert main(["zoo", "validate", "--alt-teachers", "--runs", str(tmp_path / "r")]) == 2
+    assert "--family v2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_second_teacher_runs_are_named_apart_and_tabled(tmp_path):
+    """Phenomenon #10's second teacher: a run with another teacher needs a tag, is never globbed
+    as a protocol run of its pair, and its items (and its teacher's) form their own table."""
+    import pandas as pd
+
+    from opd_diag.zoo.v2.validate import (
+        ALT_TEACHER_RUNS,
+        alt_tag,
+        alt_teacher_items,
+        eval_items,
+        run_one,
+    )
+
+    with pytest.raises(ValueError, match="needs a tag"):
+        run_one(tmp_path, "v2-reverse", 0, 10, teacher="v2-student-0-long")
+    assert not any(tmp_path.iterdir())
+    assert alt_teacher_items(tmp_path).empty  # no runs: an empty table with its columns
+    assert list(alt_teacher_items(tmp_path).columns) == ["pair", "teacher", "role", "seed",
+                                                          "subset", "item", "correct"]
+    pair_name, teacher = next(iter(ALT_TEACHER_RUNS.items()))
+    pair = get_pair(pair_name)
+    evals = pair.eval_sets(2)
+    for seed, ok in ((0, 1), (1, 0)):
+        d = tmp_path / f"{pair_name}-{alt_tag(teacher)}-seed{seed}"
+        d.mkdir()
+        evals.assign(correct=bool(ok)).to_parquet(d / "v2_eval.parquet")
+    # the teacher's score is cached where _baseline looks, so nothing is generated here
+    base = tmp_path / "baselines" / f"{teacher}-{pair.template}-{'-'.join(pair.subsets)}-2.parquet"
+    base.parent.mkdir()
+    evals.assign(correct=True).to_parquet(base)
+    items = alt_teacher_items(tmp_path, n_eval=2)
+    after = items[items.role == "after"]
+    assert sorted(after.seed.unique()) == [0, 1] and (items.teacher == teacher).all()
+    assert after.groupby("seed").correct.mean().to_dict() == {0: 1.0, 1: 0.0}
+    assert (items[items.role == "teacher"].seed == -1).all()
+    assert len(items) == 3 * len(evals)
+    assert eval_items(tmp_path, 2).empty  # not a protocol run of the pair
+    pd.testing.assert_frame_equal(items, alt_teacher_items(tmp_path, n_eval=2))

@@ -8,7 +8,7 @@
   still teach it.
 * ``token_level`` — TIP quadrants (student entropy × divergence, median split), TA-OPD
   teachability (teacher mass on the student's top-k × top-k disagreement), teacher-noise rate on
-  answer tokens, and the reward/outcome conflict rate.
+  answer tokens, the share of near-zero advantages, and the reward/outcome conflict rate.
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ UNREACHABLE_P = 1e-3
 """v1 (kept as ``rkl_share_unreachable_p``, reported, not decided on): a teacher token the
 student gives less than this absolute probability. An absolute probability means different
 things at a 355- and a 151,936-token vocabulary, so the verdict uses the gradient ratio below."""
+
+NEAR_ZERO_ADVANTAGE = 1e-4
+"""OPSA's (arXiv 2608.31046) "advantage concentration" line: a token whose per-token reward
+``A = log q − log p`` has ``|A| <= 1e-4`` carries almost no teacher signal (OPSA: 51.7 % of all
+tokens, 97.5 % of the top-20 % by student log-prob, with Qwen3-1.7B). The noise rate is reported
+both over all answer tokens and over the signal-bearing ones (``|A| >`` this): the sign of a
+near-zero ``A`` is mostly rounding."""
 
 GRAD_RATIO_CUTOFFS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 """Cutoffs of the sensitivity curve (``section`` ``curve`` of the reachability table)."""
@@ -192,7 +199,7 @@ def answer_token_mask(states: pd.DataFrame, rollouts: pd.DataFrame, n_answer_tok
     return (t <= last) & (t > last - n_answer_tokens)
 
 
-@register_probe("token_level", version=1, summary="TIP quadrants, TA-OPD teachability, "
+@register_probe("token_level", version=2, summary="TIP quadrants, TA-OPD teachability, "
                 "teacher-noise rate on answer tokens, reward/outcome conflicts")
 def token_level_probe(run: Run, n_answer_tokens: int = 8) -> pd.DataFrame:
     """Long table ``(step, group, metric, value)`` of token-level diagnostics."""
@@ -218,6 +225,8 @@ def token_level_probe(run: Run, n_answer_tokens: int = 8) -> pd.DataFrame:
         learn, incompat = t["D_learn"].sum(), t["D_incompat"].sum()
         rows.append(dict(step=step, group="teachability", metric="learnable_share",
                          value=learn / (learn + incompat) if learn + incompat > 0 else np.nan))
+        rows.append(dict(step=step, group="teacher_noise", metric="near_zero_share_all",
+                         value=float((np.abs(reward_t[sel]) <= NEAR_ZERO_ADVANTAGE).mean())))
         rows += _outcome_rows(step, states[sel], rollouts, reward_t[sel], n_answer_tokens)
     return pd.DataFrame(rows)
 
@@ -234,9 +243,13 @@ def _outcome_rows(step, states, rollouts, reward, n_answer_tokens) -> list[dict]
     ok = correct.fillna(False).astype(bool).to_numpy()
     wrong_sign = np.where(ok, reward < 0, reward > 0)
     rows = []
-    for name, m in (("all", ans), ("correct", ans & ok), ("incorrect", ans & ~ok)):
+    signal = np.abs(reward) > NEAR_ZERO_ADVANTAGE
+    for name, m in (("all", ans), ("correct", ans & ok), ("incorrect", ans & ~ok),
+                    ("signal", ans & signal)):
         rows.append(dict(step=step, group="teacher_noise", metric=f"wrong_sign_rate_{name}",
                          value=float(wrong_sign[m].mean()) if m.any() else np.nan))
+    rows.append(dict(step=step, group="teacher_noise", metric="near_zero_share_answer",
+                     value=float((~signal[ans]).mean()) if ans.any() else np.nan))
     r_bar = pd.Series(reward).groupby(states["rollout_id"].to_numpy()).mean()
     r_ok = known.set_index("rollout_id")["correct"].astype(bool).reindex(r_bar.index)
     conflict = ((2 * r_ok.astype(float) - 1) * r_bar < 0).mean()

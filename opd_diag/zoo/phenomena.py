@@ -53,6 +53,19 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
+def _near_zero_note(get) -> str:
+    """Row 18's context, reported, not scored (token_level v2 on): the share of answer-token
+    advantages at OPSA's near-zero line and the wrong-sign rate without them, so a reader can see
+    whether the noise rate is rounding (the criterion is unchanged: the rate over all answer
+    tokens)."""
+    near, signal = get("near_zero_share_answer", np.nan), get("wrong_sign_rate_signal", np.nan)
+    if near is None or np.isnan(near):
+        return ""
+    return (f"; {_fmt(near)} of the answer-token advantages are near zero (|A| ≤ 1e-4, OPSA's "
+            f"line), the wrong-sign rate among the rest is {_fmt(signal)}; near-zero share of all "
+            f"tokens {_fmt(get('near_zero_share_all', np.nan))} (OPSA: 0.517)")
+
+
 def collect(root: str | Path = "runs/examples",
             validation: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per phenomenon: id, phenomenon, paper, ours, reproduced.
@@ -190,7 +203,8 @@ def collect(root: str | Path = "runs/examples",
         add(18, "related work: teacher noise on answer tokens, reward/outcome conflicts",
             "noise 30.6-50.6% (OPSA); conflicts 48.6-68.2% of trajectories (RA-OPD)",
             f"success pair: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
-            f"{_fmt(conflict)}", bool(0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682))
+            f"{_fmt(conflict)}{_near_zero_note(get.get)}",
+            bool(0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682))
     else:
         add(18, "related-work token checks", "see opd-paper.md §6", NOT_RUN, None)
     return pd.DataFrame(rows, columns=["id", "phenomenon", "paper", "ours", "reproduced"])
@@ -262,12 +276,15 @@ def v2_preflight_probes(root: str | Path = "runs/posthoc-v2") -> pd.DataFrame:
 
 
 def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
-               probes: pd.DataFrame | None = None) -> pd.DataFrame:
+               probes: pd.DataFrame | None = None,
+               alt: pd.DataFrame | None = None) -> pd.DataFrame:
     """The held-out replication on zoo v2, both halves of each claim where it has two (success
     side :data:`V2_SUCCESS`, failure side :data:`V2_FAILURE`): rows 1-6, 10, 11 from the OPD
     runs (means over 3 OPD seeds), rows 9, 12, 13 from the v2 pre-flights' probes
-    (:func:`v2_preflight_probes`) with the criteria of the zoo-v1 rows unchanged. Pure: the
-    tests re-derive the committed columns from the committed CSVs."""
+    (:func:`v2_preflight_probes`) with the criteria of the zoo-v1 rows unchanged; row 10's
+    second teacher from the second-teacher runs (``alt``:
+    :func:`~.v2.validate.alt_teacher_items`). Pure: the tests re-derive the committed columns
+    from the committed CSVs."""
     from .v2.sweep import phenomenon_status
 
     d = dyn.groupby("pair").mean(numeric_only=True)
@@ -309,8 +326,17 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
         sub = r.main_subset
         before, after = float(r[f"acc_before/{sub}"]), float(r[f"acc_after/{sub}"])
         halves = ["holds" if after < before - 0.2 else "fails", "not run"]
+        second = "toward v2-student-0-long not run"
+        a = alt[(alt.pair == "v2-reverse") & (alt.subset == sub)] if alt is not None else None
+        if a is not None and (a.role == "after").any():
+            t2 = a.teacher.iloc[0]
+            after2 = float(a[a.role == "after"].correct.mean())
+            seeds2 = a[a.role == "after"].seed.nunique()
+            halves[1] = "holds" if after2 < before - 0.2 else "fails"
+            second = (f"→ {after2:.3f} toward {t2} ({float(a[a.role == 'teacher'].correct.mean()):.3f}"
+                      f"; {seeds2} OPD seeds, same budget)")
         out[10] = (f"v2-student-rl {sub} {before:.3f} → {after:.3f} toward v2-student-0 "
-                   f"({float(r[f'acc_teacher/{sub}']):.3f}); toward v2-student-0-long not run",
+                   f"({float(r[f'acc_teacher/{sub}']):.3f}); {second}",
                    phenomenon_status(halves))
     if {"v2-success", "v2-no-novelty"} <= set(o.index):
         rs, rn = (float(o.loc[p, "recovery"]) for p in ("v2-success", "v2-no-novelty"))
@@ -364,7 +390,8 @@ def _v2_probe_rows(probes: pd.DataFrame, put) -> None:
     conflict = value(V2_SUCCESS, "", "conflict_rate")
     if not (np.isnan(noise) or np.isnan(conflict)):
         put(18, f"{V2_SUCCESS}: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
-            f"{_fmt(conflict)} (the zoo-v1 bands: 0.306-0.506, 0.486-0.682)",
+            f"{_fmt(conflict)} (the zoo-v1 bands: 0.306-0.506, 0.486-0.682)"
+            + _near_zero_note(lambda m, d=np.nan: value(V2_SUCCESS, "", m)),
             [0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682])
     c = probes[(probes.pair == V2_SUCCESS) & (probes.section == "continuation")
                & (probes.metric == "advantage")]
@@ -547,9 +574,17 @@ def main(argv: list[str] | None = None) -> int:
         probes = v2_preflight_probes(args.v2_preflights)
         if len(probes):
             write_csv(probes_path, probes)
+    alt_path = out / "zoo-v2-alt-teacher-items.csv"
+    if Path(args.v2_runs).is_dir():
+        from .v2.validate import alt_teacher_items
+
+        alt = alt_teacher_items(args.v2_runs)
+        if len(alt):
+            write_csv(alt_path, alt)
     if dyn_path.is_file() and v2_out.is_file():
         df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out),
-                                     pd.read_csv(probes_path) if probes_path.is_file() else None))
+                                     pd.read_csv(probes_path) if probes_path.is_file() else None,
+                                     pd.read_csv(alt_path) if alt_path.is_file() else None))
     df = _with_content(df, out, Path(args.content_runs or args.runs))
     write_csv(out / "zoo-phenomena.csv", df)
     write_csv(out / "zoo-validation.csv", val)

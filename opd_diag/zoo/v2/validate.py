@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,10 @@ def score(model_path: str | Path, pair, n_eval: int) -> pd.DataFrame:
                         correct=[task.check(t, a) for t, a in zip(texts, evals.answer)])
 
 
-def _baseline(root: Path, pair_name: str, role: str, n_eval: int) -> pd.DataFrame:
+def _baseline(root: Path, pair_name: str, role: str, n_eval: int,
+              teacher: str | None = None) -> pd.DataFrame:
     pair = get_pair(pair_name)
-    name = pair.student if role == "student" else pair.teacher
+    name = pair.student if role == "student" else (teacher or pair.teacher)
     path = root / "baselines" / f"{name}-{pair.template}-{'-'.join(pair.subsets)}-{n_eval}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
@@ -78,10 +80,11 @@ def _baseline(root: Path, pair_name: str, role: str, n_eval: int) -> pd.DataFram
 
 
 def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
-            overrides: dict | None = None, tag: str = "") -> Path:
+            overrides: dict | None = None, tag: str = "", teacher: str | None = None) -> Path:
     """One OPD run of ``pair_name`` at ``seed`` (reused when complete) and its per-item eval.
 
-    ``overrides`` change the budget for a sweep (:mod:`.sweep`); such a run is named
+    ``overrides`` change the budget for a sweep (:mod:`.sweep`); ``teacher`` distils the pair's
+    student from another zoo-v2 model (:data:`ALT_TEACHER_RUNS`). Such a run is named
     ``{pair}-{tag}-seed{seed}`` so it never counts as a protocol run of the pair."""
     import torch
 
@@ -93,13 +96,15 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
 
     torch.set_num_threads(1)
     root = Path(root)
-    if overrides and not tag:
-        raise ValueError("a run with budget overrides needs a tag")
+    if (overrides or teacher) and not tag:
+        raise ValueError("a run with budget overrides or another teacher needs a tag")
     out = root / (f"{pair_name}-{tag}-seed{seed}" if tag else f"{pair_name}-seed{seed}")
     result = out / "v2_eval.parquet"
     if result.is_file():
         return out
     pair = get_pair(pair_name)
+    if teacher is not None:
+        pair = replace(pair, teacher=teacher)
     loaded = load_pair(model_dir(pair.student), model_dir(pair.teacher))
     cfg = resolve_config(preset="cpu-zoo", overrides={
         **BUDGET, "seed": seed, "eval_every": 0, "ckpt_every": 0, "keep_checkpoints": 1,
@@ -107,12 +112,60 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
         "max_new_tokens": pair.hyper.max_new_tokens, **(overrides or {})})
     train(loaded, validate_prompts(pair.prompts(1024)), out, cfg, overwrite=True, progress=False,
           extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed, "tag": tag,
+                                            "teacher": pair.teacher,
                                             "overrides": overrides or {}}})
     final = list_checkpoints(out)[-1]
     df = score(final, pair, n_eval)
     df.to_parquet(out / "v2_eval.tmp")
     (out / "v2_eval.tmp").replace(result)
     return out
+
+
+#: a claim whose paper design has a second teacher (phenomenon #10: the post-RL student distilled
+#: toward its pre-RL base, ``v2-reverse``, *and* toward a same-pipeline base trained longer): pair
+#: -> that teacher. Run with the protocol budget and seeds, named ``{pair}-teacher-{name}-seed{s}``
+#: so they never count as the pair's protocol runs; their per-item results are
+#: ``reports/zoo-v2-alt-teacher-items.csv``.
+ALT_TEACHER_RUNS = {"v2-reverse": "v2-student-0-long"}
+
+
+def alt_tag(teacher: str) -> str:
+    return f"teacher-{teacher}"
+
+
+def alt_teacher_items(root: str | Path, n_eval: int = 100) -> pd.DataFrame:
+    """Per-item greedy correctness of every complete :data:`ALT_TEACHER_RUNS` run under
+    ``root``, and of its teacher: one row per (pair, teacher, role, seed, subset, item), role
+    ``teacher`` (seed -1) or ``after``. The student before OPD is the pair's own ``before`` row
+    of :func:`eval_items`."""
+    root = Path(root)
+    frames = []
+    for pair, teacher in ALT_TEACHER_RUNS.items():
+        runs = sorted(root.glob(f"{pair}-{alt_tag(teacher)}-seed*/v2_eval.parquet"))
+        if not runs:
+            continue
+        parts = [("teacher", -1, _baseline(root, pair, "teacher", n_eval, teacher=teacher))]
+        parts += [("after", int(p.parent.name.rsplit("seed", 1)[1]), pd.read_parquet(p))
+                  for p in runs]
+        for role, seed, df in parts:
+            frames.append(pd.DataFrame({
+                "pair": pair, "teacher": teacher, "role": role, "seed": seed,
+                "subset": df.subset.to_numpy(), "item": np.arange(len(df)),
+                "correct": df.correct.astype(int).to_numpy()}))
+    cols = ["pair", "teacher", "role", "seed", "subset", "item", "correct"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def run_alt_teachers(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
+                     n_eval: int = 100, workers: int = 2) -> pd.DataFrame:
+    """Every :data:`ALT_TEACHER_RUNS` run (protocol budget, ``seeds``) and their item table."""
+    jobs = [(pair, teacher, s) for s in seeds for pair, teacher in ALT_TEACHER_RUNS.items()]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futs = [pool.submit(run_one, root, pair, s, n_eval, tag=alt_tag(t), teacher=t)
+                for pair, t, s in jobs]
+        for f in futs:
+            print(f"[zoo-v2 validate] done: {f.result()}", flush=True)
+    return alt_teacher_items(root, n_eval)
 
 
 def eval_items(root: str | Path, n_eval: int) -> pd.DataFrame:
@@ -226,13 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/zoo-v2-validation.csv")
     ap.add_argument("--items", default="reports/zoo-v2-eval-items.csv",
                     help="per-item correctness the outcomes are derived from (committed)")
+    ap.add_argument("--alt-teachers", action="store_true",
+                    help="also run the second-teacher runs of ALT_TEACHER_RUNS (phenomenon #10: "
+                    "v2-student-rl toward v2-student-0-long) with the same budget and seeds")
+    ap.add_argument("--alt-items", default="reports/zoo-v2-alt-teacher-items.csv",
+                    help="per-item correctness of the second-teacher runs (committed)")
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args(argv)
     if args.summarize_only:
         df, items = summarize(args.runs, args.n_eval)
     else:
         df, items = validate(args.runs, tuple(args.seeds), args.pairs, args.n_eval, args.workers)
-    for path, table in ((args.out, df), (args.items, items)):
+    tables = [(args.out, df), (args.items, items)]
+    if args.alt_teachers:
+        if not args.summarize_only:
+            run_alt_teachers(args.runs, tuple(args.seeds), args.n_eval, args.workers)
+        tables.append((args.alt_items, alt_teacher_items(args.runs, args.n_eval)))
+    for path, table in tables:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(f"{path}.tmp", index=False)
         Path(f"{path}.tmp").replace(path)

@@ -305,7 +305,9 @@ CONDITIONS = ("answer checking", "thinking compatibility", "template alignment",
 
 
 def load_pair_set(spec: str) -> list[dict]:
-    """``zoo-v1`` (the built-in zoo pairs) or a JSON file of ``{"pair", "argv"?, "opd_run"?}``."""
+    """``zoo-v1`` (the built-in zoo pairs) or a JSON file of ``{"pair", "argv"?, "opd_run"?}``
+    (or ``{"pair", "coldstart_of", "student", "opd_run"}``: a cold-started student of a pair,
+    pre-flighted against that pair's teacher on its prompts)."""
     from opd_diag.zoo import list_pairs, model_dir
 
     if spec == "zoo-v1":
@@ -338,6 +340,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0])
     ap.add_argument("--reuse", action="store_true",
                     help="re-judge existing pre-flight dirs under --runs (no sampling)")
+    ap.add_argument("--merge", action="store_true",
+                    help="the rows of the pairs run now replace theirs in --out's existing table; "
+                    "the other rows are kept as they are (a pair added to a recorded table)")
     ap.add_argument("--rejudge", action="store_true",
                     help="re-join the OPD outcomes onto --out's existing table (no pre-flight runs)")
     args = ap.parse_args()
@@ -360,8 +365,24 @@ def main() -> None:
                            for _, r in df.iterrows()])
         write(df, out, stem, split, outcomes)
         return
-    jobs = [(it["pair"], it["argv"], it.get("opd_run")) for it in load_pair_set(args.pair_set)
-            if not args.pairs or it["pair"] in args.pairs]
+    jobs = []
+    for it in load_pair_set(args.pair_set):
+        if args.pairs and it["pair"] not in args.pairs:
+            continue
+        if "coldstart_of" in it:  # the recommended recovery, checked: a cold-started student
+            zp, student = get_pair(it["coldstart_of"]), Path(it["student"])
+            if not (student / "coldstart.json").is_file():
+                print(f"[preflight-validation] {it['pair']}: skipped, no cold-started student at "
+                      f"{student} (`opd-diag zoo validate --family v2 --extra-runs` builds it)")
+                continue
+            prompts = runs / f"{it['pair']}-prompts.jsonl"
+            prompts.parent.mkdir(parents=True, exist_ok=True)
+            zp.prompts(BUDGETS["default"]["n_prompts"])[["prompt", "answer"]].to_json(
+                prompts, orient="records", lines=True)
+            it = {**it, "argv": ["--student", str(student), "--teacher", str(model_dir(zp.teacher)),
+                                 "--prompts", str(prompts), "--checker", f"task:{zp.task}",
+                                 "--max-new-tokens", str(zp.hyper.max_new_tokens)]}
+        jobs.append((it["pair"], it["argv"], it.get("opd_run")))
     name, base = COLDSTART
     student = coldstart_dir(runs, base)
     if args.pair_set == "zoo-v1" and (student / "coldstart.json").is_file() and (
@@ -404,6 +425,8 @@ def main() -> None:
             print(f"[preflight-validation] {name} seed {seed}: {verdict['verdict']} in "
                   f"{wall:.0f} s", flush=True)
     df = pd.DataFrame(rows)
+    if args.merge and (out / f"{stem}.csv").is_file():
+        df = merge_rows(pd.read_csv(out / f"{stem}.csv"), df)
     stale = set(df.thresholds_version) - {Thresholds().version}
     if stale:
         print(f"[preflight-validation] rows judged under {sorted(stale)}, not "
@@ -415,6 +438,14 @@ def main() -> None:
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
 
+def merge_rows(recorded: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
+    """``--merge``: the fresh rows replace the recorded rows of their (pair, seed); every other
+    recorded row is kept as it was, in its place, and the fresh ones follow."""
+    key = ["pair", "seed"]
+    kept = recorded[~recorded.set_index(key).index.isin(fresh.set_index(key).index)]
+    return pd.concat([kept, fresh], ignore_index=True)
+
+
 def read_outcomes(path: str | None, split: str, runs: Path | None = None,
                   merge=None) -> pd.DataFrame:
     """The OPD outcome table indexed by run: ``--outcomes``, else the committed one of the split
@@ -422,6 +453,14 @@ def read_outcomes(path: str | None, split: str, runs: Path | None = None,
     pair)."""
     if path is None and split == "held-out":
         path = REPORTS / "zoo-v2-validation.csv"
+        outcomes = pd.read_csv(path)
+        extra = REPORTS / "zoo-v2-extra-items.csv"
+        if extra.is_file():  # the cold start's outcome, against the cold-started student
+            from opd_diag.zoo.v2.validate import extra_outcomes
+
+            outcomes = pd.concat([outcomes, extra_outcomes(pd.read_csv(extra))],
+                                 ignore_index=True)
+        return outcomes.set_index("pair")
     outcomes = pd.read_csv(path or REPORTS / "zoo-validation.csv")
     if path is None and runs is not None and merge and (runs / "zoo-validation.csv").exists():
         outcomes = merge(outcomes, pd.read_csv(runs / "zoo-validation.csv"))
@@ -479,6 +518,14 @@ def render(df: pd.DataFrame, split: str = "in-sample") -> str:
                   "`reports/zoo-v2-validation.csv` (derived from `reports/zoo-v2-eval-items.csv`"
                   ", one fixed OPD budget, >= 3 seeds), joined with `--rejudge` without re-running "
                   "a pre-flight. Nothing here was used to set a threshold.", ""]
+        if df.pair.str.endswith("+coldstart").any():
+            lines += ["**Added later**: `v2-incompatible+coldstart`, the recommended recovery "
+                      "(v2-incompatible's student cold-started on v2-teacher-b's rollouts), was "
+                      "pre-flighted under the same thresholds and truncation guard 2 "
+                      "(`truncation_guard`; both fixed before it) while its OPD runs were "
+                      "running, before any of their outcomes existed; its outcome (3 seeds, the "
+                      "same budget, scored against the cold-started student) comes from "
+                      "`reports/zoo-v2-extra-items.csv`.", ""]
     lines += [f"**{split} agreement under the protocol:** {_count(judged, 'agreement')}.", "",
               f"**Provisional agreement** (outcomes from however many OPD seeds each pair has, "
               f"even fewer than the protocol's 3; the same as above when every pair has 3): "

@@ -50,7 +50,11 @@ def test_held_out_pairs_all_have_protocol_outcomes(bench):
     df, outcomes = _tables(bench, "held-out")
     assert set(df.pair) == {f"v2-{k}" for k in ("success", "out-of-reach", "incompatible",
                                                  "no-novelty", "reverse", "template",
-                                                 "long-horizon")}
+                                                 "long-horizon", "incompatible+coldstart")}
+    # the cold start (added later) is judged against the cold-started student's own accuracy
+    cs = df.set_index("pair").loc["v2-incompatible+coldstart"]
+    assert cs.opd_run == "v2-incompatible+coldstart" and cs.truncation_guard == 2
+    assert cs.acc_before == pytest.approx(outcomes.loc[cs.opd_run, "acc_before/hard"])
     assert (df.opd_seeds >= 3).all() and (outcomes.n_seeds >= 3).all()
     assert df.agreement.notna().all()
 
@@ -152,3 +156,13 @@ def test_posthoc_guard2_table_follows_its_rules(bench):
     recorded = pd.read_csv(REPORTS / "preflight-validation-heldout.csv").set_index("pair")
     for pair, value in zip(df.pair, df["truncation: value"]):  # guard 2 only lowers the count
         assert value <= recorded.loc[pair, "truncation: value"] + 1e-9
+
+
+def test_merge_keeps_recorded_rows_and_replaces_rerun_ones(bench):
+    recorded = pd.DataFrame({"pair": ["a", "b", "b"], "seed": [0, 0, 1], "verdict": ["GO"] * 3})
+    fresh = pd.DataFrame({"pair": ["b", "c"], "seed": [0, 0], "verdict": ["NO-GO"] * 2,
+                          "truncation_guard": [2, 2]})
+    out = bench.merge_rows(recorded, fresh)
+    assert list(zip(out.pair, out.seed, out.verdict)) == [
+        ("a", 0, "GO"), ("b", 1, "GO"), ("b", 0, "NO-GO"), ("c", 0, "NO-GO")]
+    assert out.truncation_guard.isna().sum() == 2  # recorded rows keep what they had

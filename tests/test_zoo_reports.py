@@ -70,17 +70,17 @@ def test_phenomena_v2_columns_rederived_from_committed_tables():
 
     df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
     probes = pd.read_csv(REPORTS / "zoo-v2-preflight-probes.csv")
-    alt = pd.read_csv(REPORTS / "zoo-v2-alt-teacher-items.csv")
+    extra = pd.read_csv(REPORTS / "zoo-v2-extra-items.csv")
     v2 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
-                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, alt)
+                    pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, extra)
     pd.testing.assert_frame_equal(apply_v2(df, v2)[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
     # row 10's second teacher: without its runs that half is "not run"; a distilled student
     # that kept its post-training skill fails it
-    no_alt = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+    no_extra = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
                         pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes).set_index("id")
-    assert "toward v2-student-0-long not run" in no_alt.loc[10, "zoo v2 (held out)"]
-    kept = alt.copy()
-    kept.loc[kept.role == "after", "correct"] = 1
+    assert "toward v2-student-0-long not run" in no_extra.loc[10, "zoo v2 (held out)"]
+    kept = extra.copy()
+    kept.loc[(kept.run == "teacher-v2-student-0-long") & (kept.role == "after"), "correct"] = 1
     edited = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
                         pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, kept)
     row10 = edited.set_index("id").loc[10]

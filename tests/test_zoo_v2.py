@@ -279,46 +279,78 @@ def test_zoo_sweep_bad_input(tmp_path, capsys):
     with pytest.raises(ValueError, match="needs a tag"):  # never mistaken for a protocol run
         run_one(tmp_path, "v2-long-horizon", 0, 10, overrides={"lr": 1e-4})
     capsys.readouterr()
-    assert main(["zoo", "validate", "--alt-teachers", "--runs", str(tmp_path / "r")]) == 2
+    assert main(["zoo", "validate", "--extra-runs", "--runs", str(tmp_path / "r")]) == 2
     assert "--family v2" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_second_teacher_runs_are_named_apart_and_tabled(tmp_path):
-    """Phenomenon #10's second teacher: a run with another teacher needs a tag, is never globbed
-    as a protocol run of its pair, and its items (and its teacher's) form their own table."""
+def test_extra_runs_are_named_apart_and_tabled(tmp_path):
+    """#10's second teacher and #15's cold start: a run with a twist needs a tag, is never globbed
+    as a protocol run of its pair, and its items (its teacher's, and for a cold start the
+    cold-started student's) form their own table."""
     import pandas as pd
 
-    from opd_diag.zoo.v2.validate import (
-        ALT_TEACHER_RUNS,
-        alt_tag,
-        alt_teacher_items,
-        eval_items,
-        run_one,
-    )
+    from opd_diag.zoo.v2.validate import EXTRA_COLUMNS, EXTRA_RUNS, eval_items, extra_items, run_one
 
-    with pytest.raises(ValueError, match="needs a tag"):
-        run_one(tmp_path, "v2-reverse", 0, 10, teacher="v2-student-0-long")
+    for kw in ({"teacher": "v2-student-0-long"}, {"coldstart": True}):
+        with pytest.raises(ValueError, match="needs a tag"):
+            run_one(tmp_path, "v2-reverse", 0, 10, **kw)
     assert not any(tmp_path.iterdir())
-    assert alt_teacher_items(tmp_path).empty  # no runs: an empty table with its columns
-    assert list(alt_teacher_items(tmp_path).columns) == ["pair", "teacher", "role", "seed",
-                                                          "subset", "item", "correct"]
-    pair_name, teacher = next(iter(ALT_TEACHER_RUNS.items()))
-    pair = get_pair(pair_name)
-    evals = pair.eval_sets(2)
-    for seed, ok in ((0, 1), (1, 0)):
-        d = tmp_path / f"{pair_name}-{alt_tag(teacher)}-seed{seed}"
-        d.mkdir()
-        evals.assign(correct=bool(ok)).to_parquet(d / "v2_eval.parquet")
-    # the teacher's score is cached where _baseline looks, so nothing is generated here
-    base = tmp_path / "baselines" / f"{teacher}-{pair.template}-{'-'.join(pair.subsets)}-2.parquet"
-    base.parent.mkdir()
-    evals.assign(correct=True).to_parquet(base)
-    items = alt_teacher_items(tmp_path, n_eval=2)
-    after = items[items.role == "after"]
-    assert sorted(after.seed.unique()) == [0, 1] and (items.teacher == teacher).all()
-    assert after.groupby("seed").correct.mean().to_dict() == {0: 1.0, 1: 0.0}
-    assert (items[items.role == "teacher"].seed == -1).all()
-    assert len(items) == 3 * len(evals)
-    assert eval_items(tmp_path, 2).empty  # not a protocol run of the pair
-    pd.testing.assert_frame_equal(items, alt_teacher_items(tmp_path, n_eval=2))
+    assert extra_items(tmp_path).empty  # no runs: an empty table with its columns
+    assert list(extra_items(tmp_path).columns) == EXTRA_COLUMNS
+    (tmp_path / "baselines").mkdir()
+    for x in EXTRA_RUNS:
+        pair = get_pair(x.pair)
+        evals = pair.eval_sets(2)
+        for seed, ok in ((0, 1), (1, 0)):
+            d = tmp_path / f"{x.pair}-{x.tag}-seed{seed}"
+            d.mkdir()
+            evals.assign(correct=bool(ok)).to_parquet(d / "v2_eval.parquet")
+        # scores cached where the table looks, so nothing is generated here
+        stem = f"{pair.template}-{'-'.join(pair.subsets)}-2.parquet"
+        evals.assign(correct=True).to_parquet(
+            tmp_path / "baselines" / f"{x.teacher or pair.teacher}-{stem}")
+        if x.coldstart:
+            evals.assign(correct=False).to_parquet(
+                tmp_path / "baselines" / f"{x.pair}-coldstart-{stem}")
+    items = extra_items(tmp_path, n_eval=2)
+    for x in EXTRA_RUNS:
+        mine = items[(items.pair == x.pair) & (items.run == x.tag)]
+        after = mine[mine.role == "after"]
+        assert after.groupby("seed").correct.mean().to_dict() == {0: 1.0, 1: 0.0}
+        assert (mine[mine.role == "teacher"].correct == 1).all()
+        assert (mine.teacher == (x.teacher or get_pair(x.pair).teacher)).all()
+        before = mine[mine.role == "before"]
+        assert len(before) == (len(after) // 2 if x.coldstart else 0)
+        assert (before.correct == 0).all() and (mine[mine.role != "after"].seed == -1).all()
+    assert eval_items(tmp_path, 2).empty  # none is a protocol run of its pair
+    pd.testing.assert_frame_equal(items, extra_items(tmp_path, n_eval=2))
+
+
+def test_cold_start_outcome_is_scored_against_the_cold_started_student():
+    """The cold start's OPD outcome: recovery of the gap between the *cold-started* student
+    (its ``before``) and the pair's teacher, by the protocol's rule; a run with the pair's own
+    student (the second-teacher run) has no outcome of its own here."""
+    import pandas as pd
+
+    from opd_diag.zoo.v2.validate import extra_outcomes
+
+    n = 40
+    rows = []
+    for role, seed, acc in (("before", -1, 0.25), ("teacher", -1, 0.75), ("after", 0, 0.75),
+                            ("after", 1, 0.75), ("after", 2, 0.75)):
+        k = int(acc * n)
+        rows += [{"pair": "v2-incompatible", "run": "coldstart", "teacher": "v2-teacher-b",
+                  "role": role, "seed": seed, "subset": "hard", "item": i,
+                  "correct": int(i < k)} for i in range(n)]
+    rows += [{"pair": "v2-reverse", "run": "teacher-v2-student-0-long", "teacher": "x",
+              "role": "after", "seed": 0, "subset": "mid", "item": 0, "correct": 1}]
+    out = extra_outcomes(pd.DataFrame(rows))
+    assert out.pair.tolist() == ["v2-incompatible+coldstart"]
+    r = out.iloc[0]
+    assert r["acc_before/hard"] == 0.25 and r["acc_after/hard"] == 0.75
+    assert r.recovery == pytest.approx(1.0) and r.n_seeds == 3
+    assert r.outcome == "worked"  # every resample recovers the whole gap
+    worse = pd.DataFrame(rows)
+    worse.loc[(worse.role == "after"), "correct"] = 0  # OPD lost everything the cold start had
+    assert extra_outcomes(worse).iloc[0].outcome == "failed"

@@ -43,9 +43,11 @@ def register(sub) -> None:
                    "+ zoo-v2-eval-items.csv (default runs dir runs/zoo-v2)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="v2: OPD seeds (default 0 1 2)")
     p.add_argument("--n-eval", type=int, default=100, help="v2: eval items per subset (default 100)")
-    p.add_argument("--alt-teachers", action="store_true",
-                   help="v2: also the second-teacher runs (phenomenon #10: v2-student-rl toward "
-                   "v2-student-0-long; same budget and seeds) -> reports/zoo-v2-alt-teacher-items.csv")
+    p.add_argument("--extra-runs", action="store_true",
+                   help="v2: also the extra runs (phenomenon #10's second teacher, "
+                   "v2-student-rl toward v2-student-0-long; #15's cold start, v2-incompatible's "
+                   "student SFT-ed on v2-teacher-b's rollouts first; same budget and seeds) -> "
+                   "reports/zoo-v2-extra-items.csv")
     p.set_defaults(func=cmd_validate)
     from ..zoo.v2.sweep import SWEEP_PAIR, VARIANTS
 
@@ -139,12 +141,12 @@ def cmd_validate(args) -> int:
 
     from ..zoo.validate import validate
 
-    if args.alt_teachers and args.family != "v2":
+    if args.extra_runs and args.family != "v2":
         from ..core.errors import OpdDiagError
 
-        raise OpdDiagError("--alt-teachers: the second-teacher runs are zoo-v2 runs; add "
-                           "--family v2 (zoo v1 runs its alternative teacher, opd-reverse-alt, "
-                           "as part of `zoo validate`)")
+        raise OpdDiagError("--extra-runs: the extra runs are zoo-v2 runs; add --family v2 (zoo "
+                           "v1 runs its alternative teacher and cold start as part of "
+                           "`zoo validate`)")
     if args.family == "v2":
         from ..zoo.v2.validate import validate as validate_v2
 
@@ -156,13 +158,13 @@ def cmd_validate(args) -> int:
         items.to_csv(out.with_name("zoo-v2-eval-items.csv"), index=False)
         print(df.T.to_string())
         print(f"wrote {out} and its per-item table {out.with_name('zoo-v2-eval-items.csv')}")
-        if args.alt_teachers:
+        if args.extra_runs:
             from ..core.runs import write_csv
-            from ..zoo.v2.validate import run_alt_teachers
+            from ..zoo.v2.validate import run_extra
 
-            alt = out.with_name("zoo-v2-alt-teacher-items.csv")
-            write_csv(alt, run_alt_teachers(runs, tuple(args.seeds), args.n_eval, args.workers))
-            print(f"wrote the second-teacher runs' per-item table {alt}")
+            extra = out.with_name("zoo-v2-extra-items.csv")
+            write_csv(extra, run_extra(runs, tuple(args.seeds), args.n_eval, args.workers))
+            print(f"wrote the extra runs' per-item table {extra}")
         return 0
     df = validate(args.runs, args.only, args.workers)
     df.to_csv(Path(args.runs) / "zoo-validation.csv", index=False)

@@ -219,15 +219,19 @@ _DYN = ("overlap_ratio", "eq7_advantage", "entropy_gap", "loss", "grad_norm")
 
 
 def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
-    """One row per zoo-v2 protocol OPD run: the mean of each training metric over its first and
-    last 10 steps, and the minimum shared-top-k mass (``reports/zoo-v2-dynamics.csv``)."""
+    """One row per zoo-v2 protocol OPD run (and per extra run, ``pair`` = ``{pair}+{tag}``): the
+    mean of each training metric over its first and last 10 steps, and the minimum shared-top-k
+    mass (``reports/zoo-v2-dynamics.csv``)."""
     from .v2.registry import list_pairs
+    from .v2.validate import EXTRA_RUNS
 
     rows = []
-    for pair in list_pairs():
-        for path in sorted(Path(root).glob(f"{pair.name}-seed*/metrics.jsonl")):
+    globs = [(p.name, f"{p.name}-seed*") for p in list_pairs()]
+    globs += [(f"{x.pair}+{x.tag}", f"{x.pair}-{x.tag}-seed*") for x in EXTRA_RUNS]
+    for label, pattern in globs:
+        for path in sorted(Path(root).glob(f"{pattern}/metrics.jsonl")):
             m = pd.read_json(path, lines=True)
-            row = {"pair": pair.name, "seed": int(path.parent.name.rsplit("seed", 1)[1]),
+            row = {"pair": label, "seed": int(path.parent.name.rsplit("seed", 1)[1]),
                    "steps": len(m),
                    "overlap_mass_min": float(min(m.overlap_mass_s.min(), m.overlap_mass_t.min()))}
             for c in _DYN:
@@ -277,14 +281,14 @@ def v2_preflight_probes(root: str | Path = "runs/posthoc-v2") -> pd.DataFrame:
 
 def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
                probes: pd.DataFrame | None = None,
-               alt: pd.DataFrame | None = None) -> pd.DataFrame:
+               extra: pd.DataFrame | None = None) -> pd.DataFrame:
     """The held-out replication on zoo v2, both halves of each claim where it has two (success
     side :data:`V2_SUCCESS`, failure side :data:`V2_FAILURE`): rows 1-6, 10, 11 from the OPD
     runs (means over 3 OPD seeds), rows 9, 12, 13 from the v2 pre-flights' probes
     (:func:`v2_preflight_probes`) with the criteria of the zoo-v1 rows unchanged; row 10's
-    second teacher from the second-teacher runs (``alt``:
-    :func:`~.v2.validate.alt_teacher_items`). Pure: the tests re-derive the committed columns
-    from the committed CSVs."""
+    second teacher and row 15's cold start from the extra runs (``extra``:
+    :func:`~.v2.validate.extra_items`; row 15's overlap from their rows in ``dyn``). Pure: the
+    tests re-derive the committed columns from the committed CSVs."""
     from .v2.sweep import phenomenon_status
 
     d = dyn.groupby("pair").mean(numeric_only=True)
@@ -327,7 +331,8 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
         before, after = float(r[f"acc_before/{sub}"]), float(r[f"acc_after/{sub}"])
         halves = ["holds" if after < before - 0.2 else "fails", "not run"]
         second = "toward v2-student-0-long not run"
-        a = alt[(alt.pair == "v2-reverse") & (alt.subset == sub)] if alt is not None else None
+        a = (extra[(extra.pair == "v2-reverse") & (extra.run == "teacher-v2-student-0-long")
+                   & (extra.subset == sub)] if extra is not None else None)
         if a is not None and (a.role == "after").any():
             t2 = a.teacher.iloc[0]
             after2 = float(a[a.role == "after"].correct.mean())
@@ -338,6 +343,19 @@ def collect_v2(dyn: pd.DataFrame, outcomes: pd.DataFrame,
         out[10] = (f"v2-student-rl {sub} {before:.3f} → {after:.3f} toward v2-student-0 "
                    f"({float(r[f'acc_teacher/{sub}']):.3f}); {second}",
                    phenomenon_status(halves))
+    cs = (extra[(extra.pair == V2_FAILURE) & (extra.run == "coldstart")]
+          if extra is not None else None)
+    if cs is not None and (cs.role == "after").any() and V2_FAILURE in o.index:
+        sub = o.loc[V2_FAILURE, "main_subset"]
+        c1, c0 = g(V2_FAILURE, "overlap_ratio@first"), g(f"{V2_FAILURE}+coldstart",
+                                                          "overlap_ratio@first")
+        ia = float(o.loc[V2_FAILURE, f"acc_after/{sub}"])
+        cb = float(cs[(cs.role == "before") & (cs.subset == sub)].correct.mean())
+        ca = float(cs[(cs.role == "after") & (cs.subset == sub)].correct.mean())
+        put(15, f"overlap@16 over the first 10 OPD steps {_fmt(c1)} → {_fmt(c0)} after the cold "
+            f"start; {sub} accuracy after OPD {ia:.3f} → {ca:.3f} (the cold-started student "
+            f"before OPD: {cb:.3f}; {cs[cs.role == 'after'].seed.nunique()} OPD seeds, same "
+            "budget)", [c0 > c1, ca > ia])
     if {"v2-success", "v2-no-novelty"} <= set(o.index):
         rs, rn = (float(o.loc[p, "recovery"]) for p in ("v2-success", "v2-no-novelty"))
         put(11, f"hard gap recovery: v2-success (teacher-a) {rs:.2f} vs v2-no-novelty "
@@ -468,7 +486,8 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
            "probes, "
            "`reports/zoo-v2-preflight-probes.csv`, rows 2 and 16 from the v2 OPD runs; all "
            "scored with the zoo-v1 rows' criteria unchanged, and added after those values "
-           "existed): "
+           "existed; row 10's second teacher and row 15's cold start from extra runs at the "
+           "same budget, run after the criteria were set, `reports/zoo-v2-extra-items.csv`): "
            + ", ".join(f"{int(n)} {k}" for k, n in df[V2_COLUMNS[1]].value_counts().items())
            + f" of {len(df)}. Its success side is {V2_SUCCESS} (recovery 0.51, undetermined); "
            "the v2 positive control did not move at the v2 budget.", ""]
@@ -574,17 +593,17 @@ def main(argv: list[str] | None = None) -> int:
         probes = v2_preflight_probes(args.v2_preflights)
         if len(probes):
             write_csv(probes_path, probes)
-    alt_path = out / "zoo-v2-alt-teacher-items.csv"
+    extra_path = out / "zoo-v2-extra-items.csv"
     if Path(args.v2_runs).is_dir():
-        from .v2.validate import alt_teacher_items
+        from .v2.validate import extra_items
 
-        alt = alt_teacher_items(args.v2_runs)
-        if len(alt):
-            write_csv(alt_path, alt)
+        extra = extra_items(args.v2_runs)
+        if len(extra):
+            write_csv(extra_path, extra)
     if dyn_path.is_file() and v2_out.is_file():
         df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out),
                                      pd.read_csv(probes_path) if probes_path.is_file() else None,
-                                     pd.read_csv(alt_path) if alt_path.is_file() else None))
+                                     pd.read_csv(extra_path) if extra_path.is_file() else None))
     df = _with_content(df, out, Path(args.content_runs or args.runs))
     write_csv(out / "zoo-phenomena.csv", df)
     write_csv(out / "zoo-validation.csv", val)

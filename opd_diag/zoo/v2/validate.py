@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +80,14 @@ def _baseline(root: Path, pair_name: str, role: str, n_eval: int,
 
 
 def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
-            overrides: dict | None = None, tag: str = "", teacher: str | None = None) -> Path:
+            overrides: dict | None = None, tag: str = "", teacher: str | None = None,
+            coldstart: bool = False) -> Path:
     """One OPD run of ``pair_name`` at ``seed`` (reused when complete) and its per-item eval.
 
     ``overrides`` change the budget for a sweep (:mod:`.sweep`); ``teacher`` distils the pair's
-    student from another zoo-v2 model (:data:`ALT_TEACHER_RUNS`). Such a run is named
-    ``{pair}-{tag}-seed{seed}`` so it never counts as a protocol run of the pair."""
+    student from another zoo-v2 model, ``coldstart`` distils the student cold-started on the
+    teacher's rollouts (:data:`EXTRA_RUNS`). Such a run is named ``{pair}-{tag}-seed{seed}`` so
+    it never counts as a protocol run of the pair."""
     import torch
 
     from ...core.models import load_pair
@@ -96,8 +98,9 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
 
     torch.set_num_threads(1)
     root = Path(root)
-    if (overrides or teacher) and not tag:
-        raise ValueError("a run with budget overrides or another teacher needs a tag")
+    if (overrides or teacher or coldstart) and not tag:
+        raise ValueError("a run with budget overrides, another teacher or a cold start needs "
+                         "a tag")
     out = root / (f"{pair_name}-{tag}-seed{seed}" if tag else f"{pair_name}-seed{seed}")
     result = out / "v2_eval.parquet"
     if result.is_file():
@@ -105,14 +108,15 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
     pair = get_pair(pair_name)
     if teacher is not None:
         pair = replace(pair, teacher=teacher)
-    loaded = load_pair(model_dir(pair.student), model_dir(pair.teacher))
+    student = coldstart_student(root, pair_name) if coldstart else model_dir(pair.student)
+    loaded = load_pair(student, model_dir(pair.teacher))
     cfg = resolve_config(preset="cpu-zoo", overrides={
         **BUDGET, "seed": seed, "eval_every": 0, "ckpt_every": 0, "keep_checkpoints": 1,
         "states_every": 10, "checker": f"task:{pair.task}",
         "max_new_tokens": pair.hyper.max_new_tokens, **(overrides or {})})
     train(loaded, validate_prompts(pair.prompts(1024)), out, cfg, overwrite=True, progress=False,
           extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed, "tag": tag,
-                                            "teacher": pair.teacher,
+                                            "teacher": pair.teacher, "coldstart": coldstart,
                                             "overrides": overrides or {}}})
     final = list_checkpoints(out)[-1]
     df = score(final, pair, n_eval)
@@ -121,51 +125,125 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
     return out
 
 
-#: a claim whose paper design has a second teacher (phenomenon #10: the post-RL student distilled
-#: toward its pre-RL base, ``v2-reverse``, *and* toward a same-pipeline base trained longer): pair
-#: -> that teacher. Run with the protocol budget and seeds, named ``{pair}-teacher-{name}-seed{s}``
-#: so they never count as the pair's protocol runs; their per-item results are
-#: ``reports/zoo-v2-alt-teacher-items.csv``.
-ALT_TEACHER_RUNS = {"v2-reverse": "v2-student-0-long"}
+@dataclass(frozen=True)
+class ExtraRun:
+    """A pair's protocol run with one twist a claim's design needs: another teacher, or the
+    student cold-started on the teacher's rollouts first. Named ``{pair}-{tag}-seed{s}``, so it
+    never counts as the pair's protocol run."""
+
+    pair: str
+    tag: str
+    teacher: str | None = None
+    coldstart: bool = False
 
 
-def alt_tag(teacher: str) -> str:
-    return f"teacher-{teacher}"
+#: phenomenon #10's second teacher (the post-RL student toward a same-pipeline base trained
+#: longer, besides ``v2-reverse``'s pre-RL base) and #15's cold start (``v2-incompatible``'s
+#: student SFT-ed on v2-teacher-b's rollouts, then the same OPD): both run with the protocol
+#: budget and seeds after the 21 protocol runs; per-item results in
+#: ``reports/zoo-v2-extra-items.csv``
+EXTRA_RUNS = (ExtraRun("v2-reverse", "teacher-v2-student-0-long", teacher="v2-student-0-long"),
+              ExtraRun("v2-incompatible", "coldstart", coldstart=True))
 
 
-def alt_teacher_items(root: str | Path, n_eval: int = 100) -> pd.DataFrame:
-    """Per-item greedy correctness of every complete :data:`ALT_TEACHER_RUNS` run under
-    ``root``, and of its teacher: one row per (pair, teacher, role, seed, subset, item), role
-    ``teacher`` (seed -1) or ``after``. The student before OPD is the pair's own ``before`` row
-    of :func:`eval_items`."""
+def coldstart_dir(root: str | Path, pair_name: str) -> Path:
+    return Path(root) / "students" / f"{pair_name}-coldstart"
+
+
+def coldstart_student(root: str | Path, pair_name: str) -> Path:
+    """The pair's student after ``opd-diag coldstart`` on its teacher's rollouts (reused when
+    built): zoo v1's recipe (4,096 prompts, 3 epochs, lr 1e-3, batch 32; 1,024 x 2 epochs left
+    the v1 student between two styles), on the pair's own OPD prompts."""
+    import torch
+
+    from ...core.models import load_pair
+    from ...core.prompts import validate_prompts
+    from ...train.recovery import ColdStartConfig, coldstart
+
+    torch.set_num_threads(1)
+    out = coldstart_dir(root, pair_name)
+    if (out / "coldstart.json").is_file():
+        return out
+    pair = get_pair(pair_name)
+    loaded = load_pair(model_dir(pair.student), model_dir(pair.teacher))
+    cfg = ColdStartConfig(n_samples=1, max_new_tokens=pair.hyper.max_new_tokens,
+                          checker=f"task:{pair.task}", epochs=3, lr=1e-3, batch_size=32)
+    coldstart(loaded, validate_prompts(pair.prompts(4096, seed=7)), out, cfg, overwrite=True)
+    return out
+
+
+def _score_cached(root: Path, key: str, model_path: Path, pair, n_eval: int) -> pd.DataFrame:
+    path = root / "baselines" / f"{key}-{pair.template}-{'-'.join(pair.subsets)}-{n_eval}.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = score(model_path, pair, n_eval)
+    df.to_parquet(path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return df
+
+
+EXTRA_COLUMNS = ["pair", "run", "teacher", "role", "seed", "subset", "item", "correct"]
+
+
+def extra_items(root: str | Path, n_eval: int = 100) -> pd.DataFrame:
+    """Per-item greedy correctness of every complete :data:`EXTRA_RUNS` run under ``root``: one
+    row per (pair, run tag, teacher, role, seed, subset, item), role ``after`` (per OPD seed),
+    ``teacher`` (seed -1) and, for a cold start, ``before`` (the cold-started student, seed -1;
+    the pair's own student is :func:`eval_items`' ``before``)."""
     root = Path(root)
     frames = []
-    for pair, teacher in ALT_TEACHER_RUNS.items():
-        runs = sorted(root.glob(f"{pair}-{alt_tag(teacher)}-seed*/v2_eval.parquet"))
+    for x in EXTRA_RUNS:
+        runs = sorted(root.glob(f"{x.pair}-{x.tag}-seed*/v2_eval.parquet"))
         if not runs:
             continue
-        parts = [("teacher", -1, _baseline(root, pair, "teacher", n_eval, teacher=teacher))]
+        pair = get_pair(x.pair)
+        teacher = x.teacher or pair.teacher
+        parts = [("teacher", -1, _baseline(root, x.pair, "teacher", n_eval, teacher=teacher))]
+        if x.coldstart:
+            parts.append(("before", -1, _score_cached(root, f"{x.pair}-coldstart",
+                                                      coldstart_dir(root, x.pair), pair, n_eval)))
         parts += [("after", int(p.parent.name.rsplit("seed", 1)[1]), pd.read_parquet(p))
                   for p in runs]
         for role, seed, df in parts:
             frames.append(pd.DataFrame({
-                "pair": pair, "teacher": teacher, "role": role, "seed": seed,
+                "pair": x.pair, "run": x.tag, "teacher": teacher, "role": role, "seed": seed,
                 "subset": df.subset.to_numpy(), "item": np.arange(len(df)),
                 "correct": df.correct.astype(int).to_numpy()}))
-    cols = ["pair", "teacher", "role", "seed", "subset", "item", "correct"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    return (pd.concat(frames, ignore_index=True) if frames
+            else pd.DataFrame(columns=EXTRA_COLUMNS))
 
 
-def run_alt_teachers(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
-                     n_eval: int = 100, workers: int = 2) -> pd.DataFrame:
-    """Every :data:`ALT_TEACHER_RUNS` run (protocol budget, ``seeds``) and their item table."""
-    jobs = [(pair, teacher, s) for s in seeds for pair, teacher in ALT_TEACHER_RUNS.items()]
+def extra_outcomes(extra: pd.DataFrame) -> pd.DataFrame:
+    """Outcome rows (:func:`summarize_items`' columns, ``pair`` = ``{pair}+{tag}``) of the extra
+    runs with a student of their own: a cold start is scored against the cold-started student
+    (its ``before``), its pair's teacher and its OPD seeds, by the protocol's one rule. Pure: the
+    held-out pre-flight validation derives the cold start's outcome from the committed tables."""
+    rows = []
+    for (pair, tag), g in extra.groupby(["pair", "run"], sort=False):
+        if not (g.role == "before").any():
+            continue  # same student as the pair: its outcome is not a recovery of its own
+        parts = g[g.role.isin(["before", "teacher", "after"])][
+            ["role", "seed", "subset", "item", "correct"]].assign(pair=pair)
+        out = summarize_items(parts).assign(pair=f"{pair}+{tag}", student=f"{pair}-{tag}")
+        rows.append(out)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def run_extra(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
+              n_eval: int = 100, workers: int = 2) -> pd.DataFrame:
+    """Every :data:`EXTRA_RUNS` run (protocol budget, ``seeds``; cold starts built first, so
+    no two runs race to build one) and their item table."""
+    for x in EXTRA_RUNS:
+        if x.coldstart:
+            coldstart_student(root, x.pair)
+    jobs = [(x, s) for s in seeds for x in EXTRA_RUNS]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_one, root, pair, s, n_eval, tag=alt_tag(t), teacher=t)
-                for pair, t, s in jobs]
+        futs = [pool.submit(run_one, root, x.pair, s, n_eval, tag=x.tag, teacher=x.teacher,
+                            coldstart=x.coldstart) for x, s in jobs]
         for f in futs:
             print(f"[zoo-v2 validate] done: {f.result()}", flush=True)
-    return alt_teacher_items(root, n_eval)
+    return extra_items(root, n_eval)
 
 
 def eval_items(root: str | Path, n_eval: int) -> pd.DataFrame:
@@ -279,11 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/zoo-v2-validation.csv")
     ap.add_argument("--items", default="reports/zoo-v2-eval-items.csv",
                     help="per-item correctness the outcomes are derived from (committed)")
-    ap.add_argument("--alt-teachers", action="store_true",
-                    help="also run the second-teacher runs of ALT_TEACHER_RUNS (phenomenon #10: "
-                    "v2-student-rl toward v2-student-0-long) with the same budget and seeds")
-    ap.add_argument("--alt-items", default="reports/zoo-v2-alt-teacher-items.csv",
-                    help="per-item correctness of the second-teacher runs (committed)")
+    ap.add_argument("--extra-runs", action="store_true",
+                    help="also the EXTRA_RUNS (phenomenon #10's second teacher, #15's cold "
+                    "start) with the same budget and seeds")
+    ap.add_argument("--extra-items", default="reports/zoo-v2-extra-items.csv",
+                    help="per-item correctness of the extra runs (committed)")
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args(argv)
     if args.summarize_only:
@@ -291,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         df, items = validate(args.runs, tuple(args.seeds), args.pairs, args.n_eval, args.workers)
     tables = [(args.out, df), (args.items, items)]
-    if args.alt_teachers:
+    if args.extra_runs:
         if not args.summarize_only:
-            run_alt_teachers(args.runs, tuple(args.seeds), args.n_eval, args.workers)
-        tables.append((args.alt_items, alt_teacher_items(args.runs, args.n_eval)))
+            run_extra(args.runs, tuple(args.seeds), args.n_eval, args.workers)
+        tables.append((args.extra_items, extra_items(args.runs, args.n_eval)))
     for path, table in tables:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(f"{path}.tmp", index=False)

@@ -69,14 +69,7 @@ def _baseline(root: Path, pair_name: str, role: str, n_eval: int,
               teacher: str | None = None) -> pd.DataFrame:
     pair = get_pair(pair_name)
     name = pair.student if role == "student" else (teacher or pair.teacher)
-    path = root / "baselines" / f"{name}-{pair.template}-{'-'.join(pair.subsets)}-{n_eval}.parquet"
-    if path.is_file():
-        return pd.read_parquet(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df = score(model_dir(name), pair, n_eval)
-    df.to_parquet(path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
-    return df
+    return _score_cached(root, name, model_dir(name), pair, n_eval)
 
 
 def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
@@ -137,12 +130,13 @@ class ExtraRun:
     coldstart: bool = False
 
 
-#: phenomenon #10's second teacher (the post-RL student toward a same-pipeline base trained
-#: longer, besides ``v2-reverse``'s pre-RL base) and #15's cold start (``v2-incompatible``'s
-#: student SFT-ed on v2-teacher-b's rollouts, then the same OPD): both run with the protocol
-#: budget and seeds after the 21 protocol runs; per-item results in
+#: each pair's ``alt_teachers`` (phenomenon #10's second teacher: the post-RL student toward a
+#: same-pipeline base trained longer, besides ``v2-reverse``'s pre-RL base) and #15's cold
+#: start (``v2-incompatible``'s student SFT-ed on v2-teacher-b's rollouts, then the same OPD):
+#: both run with the protocol budget and seeds after the 21 protocol runs; per-item results in
 #: ``reports/zoo-v2-extra-items.csv``
-EXTRA_RUNS = (ExtraRun("v2-reverse", "teacher-v2-student-0-long", teacher="v2-student-0-long"),
+EXTRA_RUNS = (*(ExtraRun(p.name, f"teacher-{t}", teacher=t) for p in list_pairs()
+                for t in p.alt_teachers),
               ExtraRun("v2-incompatible", "coldstart", coldstart=True))
 
 
@@ -173,6 +167,7 @@ def coldstart_student(root: str | Path, pair_name: str) -> Path:
 
 
 def _score_cached(root: Path, key: str, model_path: Path, pair, n_eval: int) -> pd.DataFrame:
+    """:func:`score`, cached under ``root/baselines`` by ``key`` (written atomically)."""
     path = root / "baselines" / f"{key}-{pair.template}-{'-'.join(pair.subsets)}-{n_eval}.parquet"
     if path.is_file():
         return pd.read_parquet(path)

@@ -86,6 +86,15 @@ def test_phenomena_v2_columns_rederived_from_committed_tables():
     row10 = edited.set_index("id").loc[10]
     assert "→ 1.000 toward v2-student-0-long" in row10["zoo v2 (held out)"]
     assert row10["v2 result"] == "partial"  # the first half (toward v2-student-0) still holds
+    # row 15 (the cold start): yes as committed; a cold-started student that OPD left at 0 on
+    # `hard` keeps only the overlap half
+    assert v2.set_index("id").loc[15, "v2 result"] == "yes"
+    lost = extra.copy()
+    lost.loc[(lost.run == "coldstart") & (lost.role == "after"), "correct"] = 0
+    row15 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
+                       pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, lost)
+    assert row15.set_index("id").loc[15, "v2 result"] == "partial"
+    assert "0.000 → 0.000" in row15.set_index("id").loc[15, "zoo v2 (held out)"]
     # hand-edited pre-flight probe values change the rows derived from them
     edit = probes.copy()
     same = (edit.pair == "v2-reverse") & (edit.metric == "kl_teacher_ref")

@@ -350,8 +350,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from opd_diag.cli import main as cli
     from opd_diag.core.runs import load_run
-    from opd_diag.preflight import BUDGETS, Thresholds
-    from opd_diag.zoo import get_pair, model_dir
+    from opd_diag.preflight import Thresholds
     from opd_diag.zoo.phenomena import merge_validation
     from opd_diag.zoo.validate import coldstart_dir
 
@@ -370,30 +369,18 @@ def main() -> None:
         if args.pairs and it["pair"] not in args.pairs:
             continue
         if "coldstart_of" in it:  # the recommended recovery, checked: a cold-started student
-            zp, student = get_pair(it["coldstart_of"]), Path(it["student"])
+            student = Path(it["student"])
             if not (student / "coldstart.json").is_file():
                 print(f"[preflight-validation] {it['pair']}: skipped, no cold-started student at "
                       f"{student} (`opd-diag zoo validate --family v2 --extra-runs` builds it)")
                 continue
-            prompts = runs / f"{it['pair']}-prompts.jsonl"
-            prompts.parent.mkdir(parents=True, exist_ok=True)
-            zp.prompts(BUDGETS["default"]["n_prompts"])[["prompt", "answer"]].to_json(
-                prompts, orient="records", lines=True)
-            it = {**it, "argv": ["--student", str(student), "--teacher", str(model_dir(zp.teacher)),
-                                 "--prompts", str(prompts), "--checker", f"task:{zp.task}",
-                                 "--max-new-tokens", str(zp.hyper.max_new_tokens)]}
+            it = {**it, "argv": coldstart_argv(runs, it["pair"], it["coldstart_of"], student)}
         jobs.append((it["pair"], it["argv"], it.get("opd_run")))
     name, base = COLDSTART
     student = coldstart_dir(runs, base)
     if args.pair_set == "zoo-v1" and (student / "coldstart.json").is_file() and (
             not args.pairs or name in args.pairs):
-        zp = get_pair(base)
-        prompts = runs / f"{name}-prompts.jsonl"
-        zp.prompts(BUDGETS["default"]["n_prompts"])[["prompt", "answer"]].to_json(
-            prompts, orient="records", lines=True)
-        jobs.append((name, ["--student", str(student), "--teacher", str(model_dir(zp.teacher)),
-                            "--prompts", str(prompts), "--checker", f"task:{zp.task}",
-                            "--max-new-tokens", str(zp.hyper.max_new_tokens)], None))
+        jobs.append((name, coldstart_argv(runs, name, base, student), None))
     rows = []
     for name, argv, opd_run in jobs:
         for seed in args.seeds:
@@ -436,6 +423,23 @@ def main() -> None:
 
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
+
+
+def coldstart_argv(runs: Path, name: str, base: str, student: Path) -> list[str]:
+    """``opd-diag preflight`` arguments for a cold-started ``student`` of zoo pair ``base``: its
+    teacher, checker and length cap, on the pair's default-budget prompts (written to
+    ``runs/<name>-prompts.jsonl``)."""
+    from opd_diag.preflight import BUDGETS
+    from opd_diag.zoo import get_pair, model_dir
+
+    zp = get_pair(base)
+    prompts = runs / f"{name}-prompts.jsonl"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    zp.prompts(BUDGETS["default"]["n_prompts"])[["prompt", "answer"]].to_json(
+        prompts, orient="records", lines=True)
+    return ["--student", str(student), "--teacher", str(model_dir(zp.teacher)),
+            "--prompts", str(prompts), "--checker", f"task:{zp.task}",
+            "--max-new-tokens", str(zp.hyper.max_new_tokens)]
 
 
 def merge_rows(recorded: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:

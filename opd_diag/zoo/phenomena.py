@@ -54,16 +54,16 @@ def _fmt(x: float) -> str:
 
 
 def _near_zero_note(get) -> str:
-    """Row 18's context, reported, not scored (token_level v2 on): the share of answer-token
-    advantages at OPSA's near-zero line and the wrong-sign rate without them, so a reader can see
-    whether the noise rate is rounding (the criterion is unchanged: the rate over all answer
-    tokens)."""
-    near, signal = get("near_zero_share_answer", np.nan), get("wrong_sign_rate_signal", np.nan)
-    if near is None or np.isnan(near):
+    """Row 18's context, reported, not scored (token_level v2 on; ``get(metric)`` is NaN when a
+    probe table lacks it): the share of answer-token advantages at OPSA's near-zero line and the
+    wrong-sign rate without them, so a reader can see whether the noise rate is rounding (the
+    criterion is unchanged: the rate over all answer tokens)."""
+    near = get("near_zero_share_answer")
+    if np.isnan(near):
         return ""
     return (f"; {_fmt(near)} of the answer-token advantages are near zero (|A| ≤ 1e-4, OPSA's "
-            f"line), the wrong-sign rate among the rest is {_fmt(signal)}; near-zero share of all "
-            f"tokens {_fmt(get('near_zero_share_all', np.nan))} (OPSA: 0.517)")
+            f"line), the wrong-sign rate among the rest is {_fmt(get('wrong_sign_rate_signal'))}; "
+            f"near-zero share of all tokens {_fmt(get('near_zero_share_all'))} (OPSA: 0.517)")
 
 
 def collect(root: str | Path = "runs/examples",
@@ -203,7 +203,7 @@ def collect(root: str | Path = "runs/examples",
         add(18, "related work: teacher noise on answer tokens, reward/outcome conflicts",
             "noise 30.6-50.6% (OPSA); conflicts 48.6-68.2% of trajectories (RA-OPD)",
             f"success pair: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
-            f"{_fmt(conflict)}{_near_zero_note(get.get)}",
+            f"{_fmt(conflict)}{_near_zero_note(lambda m: float(get.get(m, np.nan)))}",
             bool(0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682))
     else:
         add(18, "related-work token checks", "see opd-paper.md §6", NOT_RUN, None)
@@ -227,7 +227,7 @@ def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
 
     rows = []
     globs = [(p.name, f"{p.name}-seed*") for p in list_pairs()]
-    globs += [(f"{x.pair}+{x.tag}", f"{x.pair}-{x.tag}-seed*") for x in EXTRA_RUNS]
+    globs += [(x.label, x.glob) for x in EXTRA_RUNS]
     for label, pattern in globs:
         for path in sorted(Path(root).glob(f"{pattern}/metrics.jsonl")):
             m = pd.read_json(path, lines=True)
@@ -409,7 +409,7 @@ def _v2_probe_rows(probes: pd.DataFrame, put) -> None:
     if not (np.isnan(noise) or np.isnan(conflict)):
         put(18, f"{V2_SUCCESS}: wrong-sign rate on answer tokens {_fmt(noise)}, conflict rate "
             f"{_fmt(conflict)} (the zoo-v1 bands: 0.306-0.506, 0.486-0.682)"
-            + _near_zero_note(lambda m, d=np.nan: value(V2_SUCCESS, "", m)),
+            + _near_zero_note(lambda m: value(V2_SUCCESS, "", m)),
             [0.306 <= noise <= 0.506 and 0.486 <= conflict <= 0.682])
     c = probes[(probes.pair == V2_SUCCESS) & (probes.section == "continuation")
                & (probes.metric == "advantage")]

@@ -129,6 +129,16 @@ class ExtraRun:
     teacher: str | None = None
     coldstart: bool = False
 
+    @property
+    def label(self) -> str:
+        """How tables name its runs (``{pair}+{tag}``)."""
+        return f"{self.pair}+{self.tag}"
+
+    @property
+    def glob(self) -> str:
+        """Its run directories under a runs root (:func:`run_one` with ``tag``)."""
+        return f"{self.pair}-{self.tag}-seed*"
+
 
 #: each pair's ``alt_teachers`` (phenomenon #10's second teacher: the post-RL student toward a
 #: same-pipeline base trained longer, besides ``v2-reverse``'s pre-RL base) and #15's cold
@@ -189,7 +199,7 @@ def extra_items(root: str | Path, n_eval: int = 100) -> pd.DataFrame:
     root = Path(root)
     frames = []
     for x in EXTRA_RUNS:
-        runs = sorted(root.glob(f"{x.pair}-{x.tag}-seed*/v2_eval.parquet"))
+        runs = sorted(root.glob(f"{x.glob}/v2_eval.parquet"))
         if not runs:
             continue
         pair = get_pair(x.pair)

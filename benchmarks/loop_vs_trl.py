@@ -6,7 +6,8 @@ Like for like: each of our objectives is timed next to the TRL run of the *same*
 (``beta=1`` reverse KL, ``beta=0`` forward KL, ``beta=0.5`` JSD, all over the full vocabulary);
 sampled-token and top-k OPD have no TRL equivalent and are shown against ``beta=1``, labelled so.
 One variant forces our generic decode (``OPD_DIAG_GENERIC_DECODE=1``) to show what the lean
-static-cache decode (``opd_diag/states/lean.py``) saves; one samples with ``--backend hf-compile``
+static-cache decode (``opd_diag/states/lean.py``) saves, one keeps the lean step on the model's
+own modules (``OPD_DIAG_UNFUSED_DECODE=1``) to show what its fused eager step saves; one samples with ``--backend hf-compile``
 (blocks of decode iterations ``torch.compile``-d; its first step, which holds the compile, is dropped
 like every run's first step and reported separately). Both loops' mean completion lengths are
 recorded (equal lengths are what makes the step times comparable). TRL runs on CPU with
@@ -139,6 +140,8 @@ def trl_run(student, teacher, prompts, out, args, beta: float = 1.0
 VARIANTS = {
     "full-vocab reverse KL": ({"objective": "reverse_kl"}, 1.0),
     "full-vocab reverse KL, generic decode": ({"objective": "reverse_kl", "_generic": True}, 1.0),
+    "full-vocab reverse KL, lean decode unfused": ({"objective": "reverse_kl", "_unfused": True},
+                                                    1.0),
     "full-vocab reverse KL, --backend hf-compile": ({"objective": "reverse_kl",
                                                      "backend": "hf-compile"}, 1.0),
     "full-vocab forward KL": ({"objective": "forward_kl"}, 0.0),
@@ -151,16 +154,18 @@ VARIANTS = {
 
 def _ours(student, teacher, prompts, out, args, objective: dict):
     objective = dict(objective)
-    generic = objective.pop("_generic", False)
-    old = os.environ.get("OPD_DIAG_GENERIC_DECODE")
-    os.environ["OPD_DIAG_GENERIC_DECODE"] = "1" if generic else "0"
+    switches = {"OPD_DIAG_GENERIC_DECODE": objective.pop("_generic", False),
+                "OPD_DIAG_UNFUSED_DECODE": objective.pop("_unfused", False)}
+    old = {name: os.environ.get(name) for name in switches}
+    os.environ.update({name: "1" if on else "0" for name, on in switches.items()})
     try:
         return ours(student, teacher, prompts, out, args, **objective)
     finally:
-        if old is None:
-            os.environ.pop("OPD_DIAG_GENERIC_DECODE")
-        else:
-            os.environ["OPD_DIAG_GENERIC_DECODE"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:

@@ -166,6 +166,68 @@ def test_lean_decode_on_the_zoo_and_its_fallbacks():
     assert len(out[0][0]) >= 1
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral"])
+def test_fused_eager_step_matches_the_models_modules(kind):
+    """The fused eager step (one q/k/v and one gate/up projection, one rotation, fused RMSNorm,
+    grouped heads in the kernel) gives the logits of the model's own modules, step after step
+    over a left-padded batch; qwen2's q/k/v biases and qwen3's q/k norms included."""
+    from transformers import DynamicCache
+
+    from opd_diag.states.lean import LeanDecoder, fuse_layers
+
+    model = _tiny_arch(kind)
+    fused = fuse_layers(model)
+    assert fused is not None and len(fused) == model.config.num_hidden_layers
+    assert (fused[0].qkv_b is not None) == (kind == "qwen2")
+    assert (fused[0].qk_norms is not None) == (kind == "qwen3")
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    decoders = []
+    for fuse in (True, False):
+        kv = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                  past_key_values=kv)
+        decoders.append(LeanDecoder(model, kv, mask, 8, fused=fuse))
+    nxt, at = torch.tensor([13, 14]), pos[:, -1:] + 1
+    for _ in range(6):
+        a, b = (d.step(nxt, at) for d in decoders)
+        assert decoders[0]._fused is not None  # still fused after the first step's check
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        nxt, at = a.argmax(-1), at + 1
+
+
+def test_fused_step_declines_a_replaced_module_and_large_models(monkeypatch):
+    """A module whose forward is not the standard one (here an MLP that doubles its output)
+    fails the first-step check, and the decode goes on through the model's own modules: the
+    samples are still the generic forward's. Copies above FUSE_MAX_BYTES are not made."""
+    import opd_diag.states.lean as L
+    from opd_diag.states.rollout import SamplingConfig, sample_batch
+
+    model = _tiny_arch("llama")
+    mlp = model.model.layers[1].mlp
+    plain = type(mlp).forward
+    monkeypatch.setattr(mlp, "forward", lambda x: 2 * plain(mlp, x))
+    seen = []
+    step = L.LeanDecoder.step
+
+    def watched(self, *a):
+        out = step(self, *a)
+        seen.append(self._fused)
+        return out
+
+    monkeypatch.setattr(L.LeanDecoder, "step", watched)
+    prompts = [[3, 4, 5], [6, 7, 8, 9]]
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=20)
+    kw = dict(eos_ids=[2], pad_id=0)
+    assert sample_batch(model, prompts, [0, 1], cfg, lean=True, **kw) == \
+        sample_batch(model, prompts, [0, 1], cfg, lean=False, **kw)
+    assert seen and all(f is None for f in seen)
+    monkeypatch.setattr(L, "FUSE_MAX_BYTES", 16)
+    assert L.fuse_layers(_tiny_arch("qwen2")) is None
+
+
 def test_uniforms_drawn_at_once_equal_one_draw_per_token():
     """The sampler draws a row's uniforms for every position at once; that must be the numbers
     one draw per token would give (what makes samples independent of batching and length)."""

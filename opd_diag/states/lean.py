@@ -17,6 +17,13 @@ With ``--backend hf-compile`` the decode step *and* the sampling of its token ru
 and value go in at a tensor index, attention runs over the whole preallocated cache under the
 validity mask), so one compile with dynamic batch and cache sizes serves every batch of a run.
 
+Uncompiled, a decode step of a small model is per-op overhead (about 75 ops of a few
+microseconds each on a CPU), so the eager step runs :func:`_fused_decode`: q/k/v as one
+projection, gate/up as one, queries and keys rotated together, RMSNorm as one ``rms_norm`` call
+(:func:`fuse_layers`, for models whose fused copies stay under :data:`FUSE_MAX_BYTES`). Each
+decode's first step runs both paths and keeps the fused one only where its logits match the
+model's own modules (a module whose ``forward`` was replaced, e.g. by a hub kernel, falls back).
+
 Anything outside that set (sliding-window attention in use, logit scaling/soft-capping,
 tensor-parallel layers, attention dropout in training mode, another architecture, a
 non-sdpa/eager attention implementation) is declined by :func:`lean_supported`, and the sampler falls back to the generic forward.
@@ -68,9 +75,12 @@ class LeanDecoder:
         prefill: the cache after the prompt forward (``[B, kv_heads, P, head_dim]`` per layer).
         mask: ``[B, P]`` attention mask of the (left-padded) prompt, 1 = a real token.
         max_new: decode positions to allocate beyond the prompt.
+        fused: run eager steps through :func:`fuse_layers`'s fused weights where it accepts the
+            model (checked against the model's own modules on the first step).
     """
 
-    def __init__(self, model, prefill, mask: torch.Tensor, max_new: int) -> None:
+    def __init__(self, model, prefill, mask: torch.Tensor, max_new: int,
+                 fused: bool = True) -> None:
         self.model, self.inner = model, model.model
         self.layers = list(self.inner.layers[: model.config.num_hidden_layers])
         B, P = mask.shape
@@ -99,6 +109,9 @@ class LeanDecoder:
             everything = torch.arange(P + max_new, device=mask.device)[None]
             cos, sin = rope(probe, everything)
             self._rope_table = (cos[0], sin[0])
+        # the eager step's fused weights (None: call the model's modules; see FusedLayer)
+        self._fused = fuse_layers(model) if fused else None
+        self._checked = False
 
     @property
     def static(self) -> bool:
@@ -138,7 +151,18 @@ class LeanDecoder:
             self.values[i][:, :, t] = v[:, :, 0]
             return self.keys[i][:, :, :cur], self.values[i][:, :, :cur]
 
-        return _decode(self.model, h, cos, sin, self._rotary, mask, cache_kv)
+        if self._fused is None:
+            return _decode(self.model, h, cos, sin, self._rotary, mask, cache_kv)
+        if not self._checked:  # first step: the model's own modules, then the fused path
+            self._checked = True
+            mine = _fused_decode(self.model, self._fused, h, cos, sin, mask, cache_kv)
+            # the model's own modules run second, so the cache slot holds their key/value
+            ref = _decode(self.model, h, cos, sin, self._rotary, mask, cache_kv)
+            tol = max(1e-3, 8 * torch.finfo(ref.dtype).eps)
+            if not torch.allclose(mine, ref, rtol=tol, atol=tol * float(ref.abs().max())):
+                self._fused = None  # a module whose forward is not the standard one: decline
+            return ref
+        return _fused_decode(self.model, self._fused, h, cos, sin, mask, cache_kv)
 
 
 def _decode(model, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary,
@@ -194,3 +218,105 @@ def static_decode_step(model, rotary, tokens: torch.Tensor, positions: torch.Ten
 
     return _decode(model, h, cos_table[positions][:, None], sin_table[positions][:, None],
                    rotary, valid[:, None, None, :cur], cache_kv)
+
+
+#: whether ``scaled_dot_product_attention`` takes ``enable_gqa`` (torch ≥ 2.5)
+_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+#: fused weights are a copy; above this many bytes of copies (large models, where a decode step
+#: is arithmetic rather than per-op overhead and fusing saves little) the modules are called
+FUSE_MAX_BYTES = 256 * 2**20
+
+
+class FusedLayer:
+    """One decoder layer's weights for :func:`_fused_decode`: q/k/v in one matrix, gate/up in
+    one matrix (copies, made per decode: sampling never runs while the weights change), the
+    norms' weights and epsilons, and the attention geometry."""
+
+    def __init__(self, layer) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+        self.qkv_b = None if biases[0] is None else torch.cat(biases)
+        self.n_q = attn.q_proj.out_features // attn.head_dim
+        self.n_kv = attn.k_proj.out_features // attn.head_dim
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.o_w, self.o_b = attn.o_proj.weight, attn.o_proj.bias
+        self.qk_norms = (_norm(attn.q_norm), _norm(attn.k_norm)) if hasattr(attn, "q_norm") \
+            else None
+        self.norm1, self.norm2 = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
+        self.inter = mlp.gate_proj.out_features
+        self.gu_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.gu_b = None if mlp.gate_proj.bias is None else \
+            torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
+        self.down_w, self.down_b = mlp.down_proj.weight, mlp.down_proj.bias
+        self.act = F.silu if isinstance(mlp.act_fn, torch.nn.SiLU) else mlp.act_fn
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qkv_w, self.gu_w))
+
+
+def _norm(module) -> tuple[torch.Tensor, float]:
+    """An RMSNorm's ``(weight, eps)`` (raises AttributeError for another kind of norm)."""
+    return module.weight, float(module.variance_epsilon)
+
+
+def fuse_layers(model) -> list[FusedLayer] | None:
+    """:class:`FusedLayer` per decoder layer, or ``None`` where the layers are not the plain
+    pre-norm RMSNorm / gated-MLP shape of :data:`SUPPORTED` or the copies would exceed
+    :data:`FUSE_MAX_BYTES`. What the fused step computes is checked against the model's own
+    modules on each decode's first step (:meth:`LeanDecoder.step`)."""
+    if not hasattr(F, "rms_norm"):  # torch < 2.4
+        return None
+    layers = model.model.layers[: model.config.num_hidden_layers]
+    try:
+        with torch.no_grad():
+            fused = []
+            for layer in layers:
+                fused.append(FusedLayer(layer))
+                if sum(f.nbytes for f in fused) > FUSE_MAX_BYTES:
+                    return None
+    except AttributeError:  # another norm, MLP or projection layout
+        return None
+    return fused
+
+
+def _rms(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+    """The Llama-family RMSNorm (fp32 statistics, the weight applied in the input dtype) in
+    one fused ``rms_norm`` call."""
+    weight, eps = norm
+    if x.dtype == torch.float32:
+        return weight * F.rms_norm(x, x.shape[-1:], eps=eps)
+    return weight * F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+def _fused_decode(model, fused: list[FusedLayer], h: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, mask: torch.Tensor | None, cache_kv) -> torch.Tensor:
+    """:func:`_decode` with fewer, larger ops (what an eager decode step of a small model pays
+    for): one q/k/v projection, one rotation of queries and keys together, one gate/up
+    projection, RMSNorm as one ``rms_norm`` call, grouped heads inside the attention kernel."""
+    B = h.shape[0]
+    cos, sin = cos[:, None], sin[:, None]  # [B, 1, 1, head_dim] against [B, heads, 1, head_dim]
+    for i, f in enumerate(fused):
+        x = _rms(h, f.norm1)
+        qkv = F.linear(x, f.qkv_w, f.qkv_b).view(B, 1, -1, f.head_dim).transpose(1, 2)
+        n_qk = f.n_q + f.n_kv
+        if f.qk_norms is not None:  # qwen3: per-head RMSNorm of queries and keys
+            qk = torch.cat([_rms(qkv[:, :f.n_q], f.qk_norms[0]),
+                            _rms(qkv[:, f.n_q:n_qk], f.qk_norms[1])], 1)
+        else:
+            qk = qkv[:, :n_qk]
+        half = f.head_dim // 2
+        qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
+        keys, values = cache_kv(i, qk[:, f.n_q:], qkv[:, n_qk:])
+        if f.n_q != f.n_kv and not _SDPA_GQA:
+            keys = keys.repeat_interleave(f.n_q // f.n_kv, dim=1)
+            values = values.repeat_interleave(f.n_q // f.n_kv, dim=1)
+        gqa = {"enable_gqa": True} if f.n_q != f.n_kv and _SDPA_GQA else {}
+        o = F.scaled_dot_product_attention(qk[:, :f.n_q], keys, values, attn_mask=mask,
+                                           scale=f.scaling, **gqa)
+        h = h + F.linear(o.transpose(1, 2).reshape(B, 1, -1), f.o_w, f.o_b)
+        gate, up = F.linear(_rms(h, f.norm2), f.gu_w, f.gu_b).split(f.inter, -1)
+        h = h + F.linear(f.act(gate) * up, f.down_w, f.down_b)
+    return model.lm_head(_rms(h, _norm(model.model.norm)))[:, -1]

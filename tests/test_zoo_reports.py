@@ -66,14 +66,15 @@ def test_partial_rerun_merges_into_the_committed_tables():
 
 @pytest.mark.skipif(not (REPORTS / "zoo-v2-dynamics.csv").exists(), reason="no committed report")
 def test_phenomena_v2_columns_rederived_from_committed_tables():
-    from opd_diag.zoo.phenomena import V2_COLUMNS, apply_v2, collect_v2
+    from opd_diag.zoo.phenomena import V2_COLUMNS, _with_v2_content, apply_v2, collect_v2
 
     df = pd.read_csv(REPORTS / "zoo-phenomena.csv")
     probes = pd.read_csv(REPORTS / "zoo-v2-preflight-probes.csv")
     extra = pd.read_csv(REPORTS / "zoo-v2-extra-items.csv")
     v2 = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
                     pd.read_csv(REPORTS / "zoo-v2-validation.csv"), probes, extra)
-    pd.testing.assert_frame_equal(apply_v2(df, v2)[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
+    again = _with_v2_content(apply_v2(df, v2), REPORTS, None)  # row 17: the v2 content tables
+    pd.testing.assert_frame_equal(again[list(V2_COLUMNS)], df[list(V2_COLUMNS)])
     # row 10's second teacher: without its runs that half is "not run"; a distilled student
     # that kept its post-training skill fails it
     no_extra = collect_v2(pd.read_csv(REPORTS / "zoo-v2-dynamics.csv"),
@@ -230,6 +231,59 @@ def test_content_row_rederived_from_committed_tables():
     again = apply_content(df, windows, items)
     pd.testing.assert_frame_equal(again, df, check_dtype=False)
     assert set(items.seed) == {0, 1, 2} and set(items.pool) == {"aligned", "unaligned"}
+
+
+def test_v2_content_row_rules_and_pools():
+    """Row 17's held-out column: v1's rules unchanged on the v2 tables, a table edit flips it;
+    the unaligned pool repeats exactly one number per list, the aligned one is the pair's own."""
+    from opd_diag.core.errors import OpdDiagError
+    from opd_diag.tasks import get_task
+    from opd_diag.zoo.phenomena import apply_v2_content
+    from opd_diag.zoo.v2.content import content_claims_v2, content_prompts
+    from opd_diag.zoo.v2.registry import get_pair
+
+    windows, items = _content_tables()
+    text, status = content_claims_v2(windows, items)
+    assert status == "yes" and text.startswith("v2-long-horizon, protocol budget, 3 OPD seeds")
+    assert "hard accuracy aligned 0." in text
+    worse = _content_tables(acc_aligned=0.3, acc_unaligned=0.7, sign=-1.0)
+    assert content_claims_v2(*worse)[1] == "no"
+    df = pd.DataFrame({"id": [16, 17], "zoo v2 (held out)": ["x", "not run"],
+                       "v2 result": ["yes", "not run"]})
+    out = apply_v2_content(df, *worse).set_index("id")
+    assert out.loc[17, "v2 result"] == "no" and out.loc[16, "v2 result"] == "yes"
+    empty = pd.DataFrame(columns=["run", "pool", "seed", "item", "correct"])
+    assert apply_v2_content(df, pd.DataFrame(), empty).equals(df)  # no runs: unchanged
+
+    pair = get_pair("v2-long-horizon")
+    aligned = content_prompts(pair, "aligned", 200)
+    pd.testing.assert_frame_equal(aligned, pair.prompts(200))
+    unaligned = content_prompts(pair, "unaligned", 200)
+    task = get_task("sort")
+    for prompt, answer, n in zip(unaligned.prompt, unaligned.answer, unaligned.difficulty,
+                                 strict=True):
+        nums = prompt.removeprefix("sort : ").removesuffix(" =").split()
+        assert len(nums) == n and 10 <= n <= 12 and len(set(nums)) == n - 1
+        assert answer == " ".join(sorted(nums, key=int))
+        assert task.check(f"so the answer is {answer} .", answer)
+    pd.testing.assert_frame_equal(unaligned, content_prompts(pair, "unaligned", 200))
+    with pytest.raises(OpdDiagError, match="unknown zoo-v2 content pool 'dapo'.*unaligned"):
+        content_prompts(pair, "dapo")
+
+
+def test_tables_only_rescoring_reproduces_the_committed_tables(tmp_path):
+    """`python -m opd_diag.zoo.phenomena --tables-only` reads no run directory and re-derives
+    the committed phenomena table from the committed tables, byte for byte."""
+    import shutil
+
+    from opd_diag.zoo.phenomena import main
+
+    out = tmp_path / "reports"
+    shutil.copytree(REPORTS, out)
+    assert main(["--out", str(out), "--sweep", str(out / "zoo-v2-sweep.csv"),
+                 "--tables-only"]) == 0
+    for name in ("zoo-phenomena.csv", "zoo-phenomena.md"):
+        assert (out / name).read_bytes() == (REPORTS / name).read_bytes(), name
 
 
 def test_sweep_three_seed_family_averages_seeds_and_decides_row_14():

@@ -281,6 +281,10 @@ def test_zoo_sweep_bad_input(tmp_path, capsys):
     capsys.readouterr()
     assert main(["zoo", "validate", "--extra-runs", "--runs", str(tmp_path / "r")]) == 2
     assert "--family v2" in capsys.readouterr().err
+    assert main(["zoo", "validate", "--content", "--runs", str(tmp_path / "r")]) == 2
+    assert "--content" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs a tag"):
+        run_one(tmp_path, "v2-long-horizon", 0, 10, content="unaligned")
     assert not any(tmp_path.iterdir())  # nothing written
 
 

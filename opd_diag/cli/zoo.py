@@ -48,6 +48,11 @@ def register(sub) -> None:
                    "v2-student-rl toward v2-student-0-long; #15's cold start, v2-incompatible's "
                    "student SFT-ed on v2-teacher-b's rollouts first; same budget and seeds) -> "
                    "reports/zoo-v2-extra-items.csv")
+    p.add_argument("--content", action="store_true",
+                   help="v2: only the content-alignment runs (phenomenon #17's held-out column: "
+                   "v2-long-horizon on its own prompts vs on lists with one number repeated, "
+                   "content no zoo-v2 model saw; same budget and seeds; the protocol runs are "
+                   "not run) -> reports/zoo-v2-content.csv + zoo-v2-content-items.csv")
     p.set_defaults(func=cmd_validate)
     from ..zoo.v2.sweep import SWEEP_PAIR, VARIANTS
 
@@ -147,6 +152,21 @@ def cmd_validate(args) -> int:
         raise OpdDiagError("--extra-runs: the extra runs are zoo-v2 runs; add --family v2 (zoo "
                            "v1 runs its alternative teacher and cold start as part of "
                            "`zoo validate`)")
+    if args.content and args.family != "v2":
+        from ..core.errors import OpdDiagError
+
+        raise OpdDiagError("--content: the content-alignment runs of this command are zoo-v2 "
+                           "runs; add --family v2 (zoo v1 runs its content pools as part of "
+                           "`zoo validate --only success`)")
+    if args.family == "v2" and args.content:
+        from ..zoo.v2.content import run_content, write_tables
+
+        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
+        windows, items = run_content(runs, tuple(args.seeds), args.n_eval, args.workers)
+        write_tables(windows, items)
+        print("wrote reports/zoo-v2-content.csv and reports/zoo-v2-content-items.csv; "
+              "`python -m opd_diag.zoo.phenomena --tables-only` puts them into row 17")
+        return 0
     if args.family == "v2":
         from ..zoo.v2.validate import validate as validate_v2
 

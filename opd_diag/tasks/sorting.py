@@ -44,18 +44,29 @@ _GIVES = ("gives", "makes", "is now")
 
 
 class SortTask(Task):
-    """Sort ``n`` distinct two-digit numbers ascending (see module docstring)."""
+    """Sort ``n`` distinct two-digit numbers ascending (see module docstring).
+
+    ``repeats=True`` draws lists in which exactly one number appears twice (``n - 1`` distinct
+    numbers, one of them repeated at a random place): content no zoo-v2 model was trained on,
+    the unaligned prompt pool of the content-alignment runs (:mod:`opd_diag.zoo.v2.content`).
+    """
 
     templates = ("plain", "question")
     styles = ("select", "insert")
 
-    def __init__(self, name: str = "sort", max_len: int = 12) -> None:
+    def __init__(self, name: str = "sort", max_len: int = 12, repeats: bool = False) -> None:
         self.name = name
+        self.repeats = repeats
         self.difficulties = tuple(range(2, max_len + 1))
 
     def sample(self, rng: random.Random, difficulty: int) -> Problem:
         self.check_difficulty(difficulty)
-        values = tuple(rng.sample(range(LOW, HIGH + 1), difficulty))
+        if self.repeats:
+            values = rng.sample(range(LOW, HIGH + 1), difficulty - 1)
+            values.insert(rng.randrange(difficulty), rng.choice(values))
+            values = tuple(values)
+        else:
+            values = tuple(rng.sample(range(LOW, HIGH + 1), difficulty))
         return Problem(self.name, values, " ".join(map(str, sorted(values))), difficulty)
 
     def render_prompt(self, problem: Problem, template: str) -> str:

@@ -114,13 +114,11 @@ def dynamics_half(windows: pd.DataFrame, col: str, sign: int) -> dict:
             "aligned": float(mean.aligned.mean()), "unaligned": float(mean.unaligned.mean())}
 
 
-def content_claims(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, str]:
-    """Row 17's ``(ours, reproduced)`` from the committed content tables."""
-    from .v2.sweep import phenomenon_status
-
-    if not len(items) and not len(windows):
-        return "no content runs yet (python -m opd_diag.zoo.validate --only success)", "not run"
-    from .v2.sweep import COLLAPSE_CLIPPED
+def content_result(windows: pd.DataFrame, items: pd.DataFrame, accuracy_name: str
+                   ) -> tuple[list[str], str, int]:
+    """Every half of the claim from content tables: ``(texts, row result, n seeds)``. The
+    accuracy half, confounded by the sweep's collapse rule, then the three dynamics halves."""
+    from .v2.sweep import COLLAPSE_CLIPPED, phenomenon_status
 
     acc = accuracy_half(items)
     # the sweep's collapse rule: a run whose last window ran to the length cap in at least half
@@ -131,9 +129,9 @@ def content_claims(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, str
         acc["result"] = "confounded"
     halves, parts = [acc["result"]], []
     if acc["result"] != "not run":
-        parts.append(f"5d accuracy aligned {acc['aligned']:.2f} vs unaligned {acc['unaligned']:.2f}"
-                     f", diff {acc['diff']:+.2f} [{acc['lo']:+.2f}, {acc['hi']:+.2f}]: "
-                     f"{acc['result']}")
+        parts.append(f"{accuracy_name} aligned {acc['aligned']:.2f} vs unaligned "
+                     f"{acc['unaligned']:.2f}, diff {acc['diff']:+.2f} [{acc['lo']:+.2f}, "
+                     f"{acc['hi']:+.2f}]: {acc['result']}")
     for col, claim, sign in DYNAMICS:
         h = dynamics_half(windows, col, sign)
         halves.append(h["result"])
@@ -144,9 +142,17 @@ def content_claims(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, str
     if collapsed:
         parts.append("collapsed: " + " ".join(collapsed))
     seeds = int(items.seed.nunique()) if len(items) else 0
+    return parts, phenomenon_status(halves), seeds
+
+
+def content_claims(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, str]:
+    """Row 17's ``(ours, reproduced)`` from the committed content tables."""
+    if not len(items) and not len(windows):
+        return "no content runs yet (python -m opd_diag.zoo.validate --only success)", "not run"
+    parts, status, seeds = content_result(windows, items, "5d accuracy")
     ours = (f"success pair, 100 steps, {seeds} OPD seeds; teacher-a's own content (2 operands) "
             "vs unseen content (3 operands): " + "; ".join(parts))
-    return ours, phenomenon_status(halves)
+    return ours, status
 
 
 def apply_content(df: pd.DataFrame, windows: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:

@@ -487,7 +487,9 @@ def render(df: pd.DataFrame, validation: pd.DataFrame | None = None) -> str:
            "`reports/zoo-v2-preflight-probes.csv`, rows 2 and 16 from the v2 OPD runs; all "
            "scored with the zoo-v1 rows' criteria unchanged, and added after those values "
            "existed; row 10's second teacher and row 15's cold start from extra runs at the "
-           "same budget, run after the criteria were set, `reports/zoo-v2-extra-items.csv`): "
+           "same budget, run after the criteria were set, `reports/zoo-v2-extra-items.csv`; "
+           "row 17 from content-alignment runs at the same budget, `opd_diag/zoo/v2/content.py`, "
+           "`reports/zoo-v2-content.csv`, `reports/zoo-v2-content-items.csv`): "
            + ", ".join(f"{int(n)} {k}" for k, n in df[V2_COLUMNS[1]].value_counts().items())
            + f" of {len(df)}. Its success side is {V2_SUCCESS} (recovery 0.51, undetermined); "
            "the v2 positive control did not move at the v2 budget.", ""]
@@ -524,20 +526,53 @@ def merge_phenomena(committed: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFram
     return pd.DataFrame(rows, columns=fresh.columns)
 
 
-def _with_content(df: pd.DataFrame, out: Path, runs: Path) -> pd.DataFrame:
-    """Row 17 from the content runs under ``runs`` (their tables are rewritten) or, when there
-    are none, from the committed ``zoo-content*.csv`` under ``out``."""
-    from .content import apply_content, content_tables
-
-    win_path, items_path = out / "zoo-content.csv", out / "zoo-content-items.csv"
-    if runs.is_dir():
-        windows, items = content_tables(runs)
+def _content_row(df: pd.DataFrame, runs: Path | None, win_path: Path, items_path: Path,
+                 tables, apply) -> pd.DataFrame:
+    """Row 17 from content runs under ``runs`` (``tables(runs)`` rewrites ``win_path`` and
+    ``items_path``) or, when there are none (or ``runs`` is None), from those committed tables;
+    ``apply(df, windows, items)`` puts them into the table."""
+    if runs is not None and runs.is_dir():
+        windows, items = tables(runs)
         if len(items):
             write_csv(win_path, windows)
             write_csv(items_path, items)
     if win_path.is_file() and items_path.is_file():
-        df = apply_content(df, pd.read_csv(win_path), pd.read_csv(items_path))
+        df = apply(df, pd.read_csv(win_path), pd.read_csv(items_path))
     return df
+
+
+def _with_content(df: pd.DataFrame, out: Path, runs: Path | None) -> pd.DataFrame:
+    """Row 17 (zoo v1) from the content runs under ``runs`` or the committed
+    ``zoo-content*.csv`` under ``out``."""
+    from .content import apply_content, content_tables
+
+    return _content_row(df, runs, out / "zoo-content.csv", out / "zoo-content-items.csv",
+                        content_tables, apply_content)
+
+
+def apply_v2_content(df: pd.DataFrame, windows: pd.DataFrame, items: pd.DataFrame
+                     ) -> pd.DataFrame:
+    """The phenomena table with row 17's held-out columns from the zoo-v2 content tables
+    (:mod:`.v2.content`); unchanged when those hold no runs."""
+    from .v2.content import content_claims_v2
+
+    text, status = content_claims_v2(windows, items)
+    if status == NOT_RUN:
+        return df
+    out = df.copy()
+    i = out.index[out.id == 17]
+    out.loc[i, V2_COLUMNS[0]] = text
+    out.loc[i, V2_COLUMNS[1]] = status
+    return out
+
+
+def _with_v2_content(df: pd.DataFrame, out: Path, runs: Path | None) -> pd.DataFrame:
+    """Row 17's held-out columns from the v2 content runs under ``runs`` or the committed
+    ``zoo-v2-content*.csv`` under ``out``."""
+    from .v2.content import content_tables
+
+    return _content_row(df, runs, out / "zoo-v2-content.csv", out / "zoo-v2-content-items.csv",
+                        content_tables, apply_v2_content)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,11 +598,17 @@ def main(argv: list[str] | None = None) -> int:
                     "summarised into reports/zoo-content*.csv (kept as committed when missing)")
     ap.add_argument("--sweep-only", action="store_true",
                     help="only re-score rows 7, 8, 14 of the committed tables from --sweep")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="read no run directory: re-score every row that comes from a "
+                    "committed table under --out (rows 7, 8, 14 from --sweep, the held-out "
+                    "zoo-v2 columns, row 17 from the content tables) and keep the rest")
     args = ap.parse_args(argv)
     from .validate import summarize
 
     out = Path(args.out)
     sweep = pd.read_csv(args.sweep) if Path(args.sweep).is_file() else None
+    if args.tables_only:
+        return _tables_only(out, sweep)
     if args.sweep_only:
         if sweep is None:
             raise SystemExit(f"error: no sweep table at {args.sweep}; run "
@@ -605,8 +646,28 @@ def main(argv: list[str] | None = None) -> int:
                                      pd.read_csv(probes_path) if probes_path.is_file() else None,
                                      pd.read_csv(extra_path) if extra_path.is_file() else None))
     df = _with_content(df, out, Path(args.content_runs or args.runs))
+    df = _with_v2_content(df, out, Path(args.v2_runs))
     write_csv(out / "zoo-phenomena.csv", df)
     write_csv(out / "zoo-validation.csv", val)
+    (out / "zoo-phenomena.md").write_text(render(df, val))
+    print(render(df, val))
+    return 0
+
+
+def _tables_only(out: Path, sweep: pd.DataFrame | None) -> int:
+    """``--tables-only``: the committed phenomena table re-scored from committed tables only."""
+    df = pd.read_csv(out / "zoo-phenomena.csv")
+    val = pd.read_csv(out / "zoo-validation.csv")
+    if sweep is not None:
+        df = apply_sweep(df, sweep)
+    dyn_path, v2_out = out / "zoo-v2-dynamics.csv", out / "zoo-v2-validation.csv"
+    probes_path, extra_path = out / "zoo-v2-preflight-probes.csv", out / "zoo-v2-extra-items.csv"
+    if dyn_path.is_file() and v2_out.is_file():
+        df = apply_v2(df, collect_v2(pd.read_csv(dyn_path), pd.read_csv(v2_out),
+                                     pd.read_csv(probes_path) if probes_path.is_file() else None,
+                                     pd.read_csv(extra_path) if extra_path.is_file() else None))
+    df = _with_v2_content(_with_content(df, out, None), out, None)
+    write_csv(out / "zoo-phenomena.csv", df)
     (out / "zoo-phenomena.md").write_text(render(df, val))
     print(render(df, val))
     return 0

@@ -74,13 +74,14 @@ def _baseline(root: Path, pair_name: str, role: str, n_eval: int,
 
 def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
             overrides: dict | None = None, tag: str = "", teacher: str | None = None,
-            coldstart: bool = False) -> Path:
+            coldstart: bool = False, content: str | None = None) -> Path:
     """One OPD run of ``pair_name`` at ``seed`` (reused when complete) and its per-item eval.
 
     ``overrides`` change the budget for a sweep (:mod:`.sweep`); ``teacher`` distils the pair's
     student from another zoo-v2 model, ``coldstart`` distils the student cold-started on the
-    teacher's rollouts (:data:`EXTRA_RUNS`). Such a run is named ``{pair}-{tag}-seed{seed}`` so
-    it never counts as a protocol run of the pair."""
+    teacher's rollouts (:data:`EXTRA_RUNS`), ``content`` draws the OPD prompts from a content
+    pool (:func:`opd_diag.zoo.v2.content.content_prompts`). Such a run is named
+    ``{pair}-{tag}-seed{seed}`` so it never counts as a protocol run of the pair."""
     import torch
 
     from ...core.models import load_pair
@@ -91,9 +92,9 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
 
     torch.set_num_threads(1)
     root = Path(root)
-    if (overrides or teacher or coldstart) and not tag:
-        raise ValueError("a run with budget overrides, another teacher or a cold start needs "
-                         "a tag")
+    if (overrides or teacher or coldstart or content) and not tag:
+        raise ValueError("a run with budget overrides, another teacher, a cold start or a "
+                         "content pool needs a tag")
     out = root / (f"{pair_name}-{tag}-seed{seed}" if tag else f"{pair_name}-seed{seed}")
     result = out / "v2_eval.parquet"
     if result.is_file():
@@ -107,10 +108,16 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
         **BUDGET, "seed": seed, "eval_every": 0, "ckpt_every": 0, "keep_checkpoints": 1,
         "states_every": 10, "checker": f"task:{pair.task}",
         "max_new_tokens": pair.hyper.max_new_tokens, **(overrides or {})})
-    train(loaded, validate_prompts(pair.prompts(1024)), out, cfg, overwrite=True, progress=False,
+    if content is None:
+        prompts = pair.prompts(1024)
+    else:
+        from .content import content_prompts
+
+        prompts = content_prompts(pair, content, 1024)
+    train(loaded, validate_prompts(prompts), out, cfg, overwrite=True, progress=False,
           extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed, "tag": tag,
                                             "teacher": pair.teacher, "coldstart": coldstart,
-                                            "overrides": overrides or {}}})
+                                            "content": content, "overrides": overrides or {}}})
     final = list_checkpoints(out)[-1]
     df = score(final, pair, n_eval)
     df.to_parquet(out / "v2_eval.tmp")

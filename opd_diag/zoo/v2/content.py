@@ -1,0 +1,118 @@
+"""Content alignment on zoo v2 (the paper's phenomenon #17, held-out column), both halves.
+
+The held-out twin of :mod:`opd_diag.zoo.content`, with its rules unchanged (fixed on zoo v1
+before these runs existed): ``v2-long-horizon`` (v2-teacher-a → v2-student-partial, the v2
+family's success side) at the protocol budget (:data:`~.validate.BUDGET`), 3 OPD seeds per pool,
+
+* **aligned**: the pair's own OPD prompts, lists of 10-12 distinct two-digit numbers, content
+  v2-teacher-a was trained on;
+* **unaligned**: lists of the same lengths in which one number appears twice
+  (``SortTask(repeats=True)``), content no zoo-v2 model was trained on (v1's unaligned pool was
+  three-operand sums for a two-operand teacher),
+
+both scored on the pair's ``hard`` eval items (distinct numbers, the protocol's eval set). The
+accuracy half is the paired bootstrap of the final greedy accuracy difference
+(:func:`opd_diag.zoo.content.accuracy_half`), the dynamics halves compare 10-step window means
+of the overlap ratio, the student overlap mass and the student entropy
+(:func:`opd_diag.zoo.content.dynamics_half`), and the sweep's collapse rule confounds the
+accuracy half. Runs are named ``v2-long-horizon-content-{pool}-seed{s}``; their tables are
+committed as ``reports/zoo-v2-content.csv`` (windows) and ``reports/zoo-v2-content-items.csv``
+(per-item results), from which :func:`content_claims_v2` re-derives the row.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ...core.errors import OpdDiagError
+from ..content import DYNAMICS, WINDOW, content_result
+
+CONTENT_PAIR = "v2-long-horizon"
+#: pool name -> what its prompts are
+POOLS = {"aligned": "the pair's own prompts (v2-teacher-a's content: distinct numbers)",
+         "unaligned": "the same lengths with one number repeated (no zoo-v2 model saw repeats)"}
+SUBSET = "hard"
+
+
+def tag(pool: str) -> str:
+    return f"content-{pool}"
+
+
+def content_prompts(pair, pool: str, n: int = 1024, seed: int = 0) -> pd.DataFrame:
+    """``n`` OPD prompts of ``pool`` for ``pair`` (columns of ``pair.prompts``)."""
+    from ...tasks.sorting import SortTask
+    from ..data import prompt_set
+
+    if pool not in POOLS:
+        raise OpdDiagError(f"unknown zoo-v2 content pool {pool!r}; valid pools: "
+                           f"{', '.join(POOLS)}")
+    if pool == "aligned":
+        return pair.prompts(n, seed=seed)
+    task = SortTask("sort-repeats", repeats=True)
+    return prompt_set(task, pair.template, pair.opd_mix, n, seed)
+
+
+def run_content(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
+                n_eval: int = 100, workers: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both pools' runs (complete ones are reused) and their ``(windows, items)`` tables."""
+    from .validate import run_one
+
+    jobs = [(pool, s) for s in seeds for pool in POOLS]
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futs = [ex.submit(run_one, root, CONTENT_PAIR, s, n_eval, tag=tag(pool), content=pool)
+                for pool, s in jobs]
+        for f in futs:
+            print(f"[zoo-v2 content] done: {f.result()}", flush=True)
+    return content_tables(root)
+
+
+def content_tables(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(windows, items)`` of the complete content runs under ``root``: 10-step window means of
+    the dynamics metrics per run, and the final greedy per-item correctness on :data:`SUBSET`."""
+    from ...core.runs import load_run
+
+    wins, items = [], []
+    for pool in POOLS:
+        for result in sorted(Path(root).glob(f"{CONTENT_PAIR}-{tag(pool)}-seed*/v2_eval.parquet")):
+            path = result.parent
+            seed = int(path.name.rsplit("seed", 1)[1])
+            m = load_run(path).metrics
+            for lo in range(0, len(m), WINDOW):
+                w = m.iloc[lo: lo + WINDOW]
+                wins.append({"run": path.name, "pool": pool, "seed": seed,
+                             "window": int(w.step.iloc[0]),
+                             "clipped_ratio": float(w.clipped_ratio.mean()),
+                             **{c: float(w[c].mean()) for c, _, _ in DYNAMICS}})
+            ev = pd.read_parquet(result)
+            ev = ev[ev.subset == SUBSET].reset_index(drop=True)
+            items.append(pd.DataFrame({"run": path.name, "pool": pool, "seed": seed,
+                                       "item": np.arange(len(ev)),
+                                       "correct": ev.correct.astype(int).to_numpy()}))
+    windows = pd.DataFrame(wins, columns=["run", "pool", "seed", "window", "clipped_ratio",
+                                          *(c for c, _, _ in DYNAMICS)])
+    return windows, (pd.concat(items, ignore_index=True) if items else pd.DataFrame(
+        columns=["run", "pool", "seed", "item", "correct"]))
+
+
+def content_claims_v2(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, str]:
+    """Row 17's held-out ``(text, result)`` from the committed v2 content tables."""
+    if not len(items) and not len(windows):
+        return "not run", "not run"
+    parts, status, seeds = content_result(windows, items, "hard accuracy")
+    return (f"{CONTENT_PAIR}, protocol budget, {seeds} OPD seeds; v2-teacher-a's own content "
+            "(distinct numbers) vs unseen content (one number repeated): " + "; ".join(parts),
+            status)
+
+
+def write_tables(windows: pd.DataFrame, items: pd.DataFrame,
+                 out: str | Path = "reports/zoo-v2-content.csv",
+                 items_out: str | Path = "reports/zoo-v2-content-items.csv") -> None:
+    """Write both tables atomically (a temporary file, then a rename)."""
+    for path, table in ((Path(out), windows), (Path(items_out), items)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(f"{path}.tmp", index=False)
+        Path(f"{path}.tmp").replace(path)

@@ -238,8 +238,9 @@ def test_v2_content_row_rules_and_pools():
     the unaligned pool repeats exactly one number per list, the aligned one is the pair's own."""
     from opd_diag.core.errors import OpdDiagError
     from opd_diag.tasks import get_task
+    from opd_diag.zoo.data import v2_content_prompts as content_prompts
     from opd_diag.zoo.phenomena import apply_v2_content
-    from opd_diag.zoo.v2.content import content_claims_v2, content_prompts
+    from opd_diag.zoo.v2.content import content_claims_v2
     from opd_diag.zoo.v2.registry import get_pair
 
     windows, items = _content_tables()

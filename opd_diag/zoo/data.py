@@ -65,6 +65,27 @@ def content_prompt_set(content: str, template: str, n: int, seed: int) -> pd.Dat
     return prompt_set(task, template, mix, n, seed)
 
 
+#: zoo-v2 content pools (:mod:`opd_diag.zoo.v2.content`): pool name -> what its prompts are
+V2_CONTENT_POOLS = {
+    "aligned": "the pair's own prompts (v2-teacher-a's content: distinct numbers)",
+    "unaligned": "the same lengths with one number repeated (no zoo-v2 model saw repeats)",
+}
+
+
+def v2_content_prompts(pair, pool: str, n: int = 1024, seed: int = 0) -> pd.DataFrame:
+    """``n`` OPD prompts of the :data:`V2_CONTENT_POOLS` pool ``pool`` for the zoo-v2 ``pair``
+    (columns of ``pair.prompts``)."""
+    from ..core.errors import OpdDiagError
+    from ..tasks.sorting import SortTask
+
+    if pool not in V2_CONTENT_POOLS:
+        raise OpdDiagError(f"unknown zoo-v2 content pool {pool!r}; valid pools: "
+                           f"{', '.join(V2_CONTENT_POOLS)}")
+    if pool == "aligned":
+        return pair.prompts(n, seed=seed)
+    return prompt_set(SortTask("sort-repeats", repeats=True), pair.template, pair.opd_mix, n, seed)
+
+
 def eval_set(
     task: str,
     template: str,

@@ -7,8 +7,8 @@ family's success side) at the protocol budget (:data:`~.validate.BUDGET`), 3 OPD
 * **aligned**: the pair's own OPD prompts, lists of 10-12 distinct two-digit numbers, content
   v2-teacher-a was trained on;
 * **unaligned**: lists of the same lengths in which one number appears twice
-  (``SortTask(repeats=True)``), content no zoo-v2 model was trained on (v1's unaligned pool was
-  three-operand sums for a two-operand teacher),
+  (``SortTask(repeats=True)``, :func:`opd_diag.zoo.data.v2_content_prompts`), content no zoo-v2
+  model was trained on (v1's unaligned pool was three-operand sums for a two-operand teacher),
 
 both scored on the pair's ``hard`` eval items (distinct numbers, the protocol's eval set). The
 accuracy half is the paired bootstrap of the final greedy accuracy difference
@@ -28,32 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...core.errors import OpdDiagError
 from ..content import DYNAMICS, WINDOW, content_result
+from ..data import V2_CONTENT_POOLS as POOLS
 
 CONTENT_PAIR = "v2-long-horizon"
-#: pool name -> what its prompts are
-POOLS = {"aligned": "the pair's own prompts (v2-teacher-a's content: distinct numbers)",
-         "unaligned": "the same lengths with one number repeated (no zoo-v2 model saw repeats)"}
 SUBSET = "hard"
 
 
 def tag(pool: str) -> str:
     return f"content-{pool}"
-
-
-def content_prompts(pair, pool: str, n: int = 1024, seed: int = 0) -> pd.DataFrame:
-    """``n`` OPD prompts of ``pool`` for ``pair`` (columns of ``pair.prompts``)."""
-    from ...tasks.sorting import SortTask
-    from ..data import prompt_set
-
-    if pool not in POOLS:
-        raise OpdDiagError(f"unknown zoo-v2 content pool {pool!r}; valid pools: "
-                           f"{', '.join(POOLS)}")
-    if pool == "aligned":
-        return pair.prompts(n, seed=seed)
-    task = SortTask("sort-repeats", repeats=True)
-    return prompt_set(task, pair.template, pair.opd_mix, n, seed)
 
 
 def run_content(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),

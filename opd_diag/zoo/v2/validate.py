@@ -80,7 +80,7 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
     ``overrides`` change the budget for a sweep (:mod:`.sweep`); ``teacher`` distils the pair's
     student from another zoo-v2 model, ``coldstart`` distils the student cold-started on the
     teacher's rollouts (:data:`EXTRA_RUNS`), ``content`` draws the OPD prompts from a content
-    pool (:func:`opd_diag.zoo.v2.content.content_prompts`). Such a run is named
+    pool (:func:`opd_diag.zoo.data.v2_content_prompts`). Such a run is named
     ``{pair}-{tag}-seed{seed}`` so it never counts as a protocol run of the pair."""
     import torch
 
@@ -111,9 +111,9 @@ def run_one(root: str | Path, pair_name: str, seed: int, n_eval: int,
     if content is None:
         prompts = pair.prompts(1024)
     else:
-        from .content import content_prompts
+        from ..data import v2_content_prompts
 
-        prompts = content_prompts(pair, content, 1024)
+        prompts = v2_content_prompts(pair, content, 1024)
     train(loaded, validate_prompts(prompts), out, cfg, overwrite=True, progress=False,
           extra_meta={"zoo_v2_validation": {"pair": pair_name, "seed": seed, "tag": tag,
                                             "teacher": pair.teacher, "coldstart": coldstart,

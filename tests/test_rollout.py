@@ -198,6 +198,30 @@ def test_fused_eager_step_matches_the_models_modules(kind):
         nxt, at = a.argmax(-1), at + 1
 
 
+def test_fused_step_is_kept_in_bfloat16(monkeypatch):
+    """bf16 (the usual dtype of a real student): the first-step check tolerates bf16 rounding,
+    so the fused step stays on, and the samples are still the generic forward's."""
+    import opd_diag.states.lean as L
+    from opd_diag.states.rollout import SamplingConfig, sample_batch
+
+    kept = []
+    step = L.LeanDecoder.step
+
+    def watched(self, *a):
+        out = step(self, *a)
+        kept.append(self._fused is not None)
+        return out
+
+    monkeypatch.setattr(L.LeanDecoder, "step", watched)
+    model = _tiny_arch("qwen3").to(torch.bfloat16)
+    cfg = SamplingConfig(n_samples=1, temperature=1.0, max_new_tokens=30)
+    kw = dict(eos_ids=[2], pad_id=0)
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10]]
+    assert sample_batch(model, prompts, [0, 1], cfg, lean=True, **kw) == \
+        sample_batch(model, prompts, [0, 1], cfg, lean=False, **kw)
+    assert len(kept) > 5 and all(kept)
+
+
 def test_fused_step_declines_a_replaced_module_and_large_models(monkeypatch):
     """A module whose forward is not the standard one (here an MLP that doubles its output)
     fails the first-step check, and the decode goes on through the model's own modules: the

@@ -283,6 +283,8 @@ def test_zoo_sweep_bad_input(tmp_path, capsys):
     assert "--family v2" in capsys.readouterr().err
     assert main(["zoo", "validate", "--content", "--runs", str(tmp_path / "r")]) == 2
     assert "--content" in capsys.readouterr().err
+    assert main(["zoo", "validate", "--rank-runs", "--runs", str(tmp_path / "r")]) == 2
+    assert "--rank-runs: these runs are zoo-v2 runs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs a tag"):
         run_one(tmp_path, "v2-long-horizon", 0, 10, content="unaligned")
     assert not any(tmp_path.iterdir())  # nothing written
@@ -358,3 +360,29 @@ def test_cold_start_outcome_is_scored_against_the_cold_started_student():
     worse = pd.DataFrame(rows)
     worse.loc[(worse.role == "after"), "correct"] = 0  # OPD lost everything the cold start had
     assert extra_outcomes(worse).iloc[0].outcome == "failed"
+
+
+def test_rank_long_outcomes_join_the_protocol_runs_and_the_other_teachers(tmp_path):
+    """The v2-long-horizon ranking check's outcomes: the pair's own teacher from the protocol's
+    committed items, the other candidates from their tagged runs, hard items only."""
+    import pandas as pd
+
+    from opd_diag.zoo.v2.validate import RANK_LONG_PAIR, rank_long_outcomes
+
+    items = pd.DataFrame({"pair": RANK_LONG_PAIR, "role": ["before", "after", "after", "after"],
+                          "seed": [-1, 0, 0, 1], "subset": "hard", "item": [0, 0, 1, 0],
+                          "correct": [0, 1, 0, 1]})
+    for teacher, seed, correct in (("v2-teacher-b", 0, [0, 0]), ("v2-teacher-b", 2, [1, 0]),
+                                   ("v2-student-partial-long", 1, [1, 1])):
+        run = tmp_path / f"{RANK_LONG_PAIR}-teacher-{teacher}-seed{seed}"
+        run.mkdir()
+        pd.DataFrame({"subset": ["hard", "hard", "easy"], "correct": [*map(bool, correct), True]}
+                     ).to_parquet(run / "v2_eval.parquet")
+    (tmp_path / f"{RANK_LONG_PAIR}-seed0").mkdir()  # a protocol run dir is not a candidate's
+    out = rank_long_outcomes(items, tmp_path)
+    assert list(out.columns) == ["teacher", "seed", "item", "correct"]
+    got = {(t, s): list(g.correct) for (t, s), g in out.groupby(["teacher", "seed"])}
+    assert got == {("v2-teacher-a", 0): [1, 0], ("v2-teacher-a", 1): [1],
+                   ("v2-teacher-b", 0): [0, 0], ("v2-teacher-b", 2): [1, 0],
+                   ("v2-student-partial-long", 1): [1, 1]}
+    assert np.array_equal(out[out.teacher == "v2-teacher-b"].item.unique(), [0, 1])

@@ -53,6 +53,13 @@ def register(sub) -> None:
                    "v2-long-horizon on its own prompts vs on lists with one number repeated, "
                    "content no zoo-v2 model saw; same budget and seeds; the protocol runs are "
                    "not run) -> reports/zoo-v2-content.csv + zoo-v2-content-items.csv")
+    p.add_argument("--rank-runs", action="store_true",
+                   help="v2: only the OPD runs of the teacher-ranking check where OPD works "
+                   "(v2-student-partial distilled from v2-student-partial-long and from "
+                   "v2-teacher-b on v2-long-horizon's prompts; v2-teacher-a's outcome is the "
+                   "pair's protocol run; same budget and seeds) -> "
+                   "reports/rank-v2-long-outcomes.csv, for `opd-diag rank-check` against "
+                   "`opd-diag rank-teachers --pair v2-long-horizon`")
     p.set_defaults(func=cmd_validate)
     from ..zoo.v2.sweep import SWEEP_PAIR, VARIANTS
 
@@ -152,12 +159,25 @@ def cmd_validate(args) -> int:
         raise OpdDiagError("--extra-runs: the extra runs are zoo-v2 runs; add --family v2 (zoo "
                            "v1 runs its alternative teacher and cold start as part of "
                            "`zoo validate`)")
-    if args.content and args.family != "v2":
+    if (args.content or args.rank_runs) and args.family != "v2":
         from ..core.errors import OpdDiagError
 
-        raise OpdDiagError("--content: the content-alignment runs of this command are zoo-v2 "
-                           "runs; add --family v2 (zoo v1 runs its content pools as part of "
-                           "`zoo validate --only success`)")
+        flag = "--content" if args.content else "--rank-runs"
+        raise OpdDiagError(f"{flag}: these runs are zoo-v2 runs; add --family v2 (zoo v1 runs "
+                           "its content pools as part of `zoo validate --only success`, and its "
+                           "ranking check uses the v1 validation runs)")
+    if args.family == "v2" and args.rank_runs:
+        import pandas as pd
+
+        from ..core.runs import write_csv
+        from ..zoo.v2.validate import rank_long_outcomes, run_rank_long
+
+        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
+        run_rank_long(runs, tuple(args.seeds), args.n_eval, args.workers)
+        out = Path("reports/rank-v2-long-outcomes.csv")
+        write_csv(out, rank_long_outcomes(pd.read_csv("reports/zoo-v2-eval-items.csv"), runs))
+        print(f"wrote {out}")
+        return 0
     if args.family == "v2" and args.content:
         from ..zoo.v2.content import run_content, write_tables
 

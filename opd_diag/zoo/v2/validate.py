@@ -357,6 +357,55 @@ def rank_outcomes(items: pd.DataFrame, subset: str = "hard") -> pd.DataFrame:
                          "item": after["item"], "correct": after.correct}).reset_index(drop=True)
 
 
+#: the ranking check where OPD works (docs/validation.md's "next held-out experiment"):
+#: ``opd-diag rank-teachers --pair v2-long-horizon`` over the same three teachers, each distilled
+#: into v2-student-partial on v2-long-horizon's prompts at the protocol budget and seeds.
+#: v2-teacher-a is the pair's own teacher (its outcome is the protocol runs'); the others run as
+#: ``v2-long-horizon-teacher-{name}-seed{s}``
+RANK_LONG_PAIR = "v2-long-horizon"
+RANK_LONG_TEACHERS = ("v2-teacher-a", "v2-student-partial-long", "v2-teacher-b")
+
+
+def _rank_long_tag(teacher: str) -> str:
+    return f"teacher-{teacher}"
+
+
+def run_rank_long(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
+                  n_eval: int = 100, workers: int = 2) -> list[Path]:
+    """The OPD runs of the other candidate teachers on :data:`RANK_LONG_PAIR` (complete runs
+    are reused); the pair's own teacher is its protocol run (:func:`validate`)."""
+    pair = get_pair(RANK_LONG_PAIR)
+    jobs = [(t, s) for s in seeds for t in RANK_LONG_TEACHERS if t != pair.teacher]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futs = [pool.submit(run_one, root, RANK_LONG_PAIR, s, n_eval, tag=_rank_long_tag(t),
+                            teacher=t) for t, s in jobs]
+        return [f.result() for f in futs]
+
+
+def rank_long_outcomes(items: pd.DataFrame, root: str | Path, subset: str = "hard"
+                       ) -> pd.DataFrame:
+    """The ``opd-diag rank-check`` outcomes table of the v2-long-horizon ranking: the pair's own
+    teacher from the protocol's per-item table (``items``: ``reports/zoo-v2-eval-items.csv``),
+    the other candidates from their runs under ``root`` (every OPD seed, ``subset`` items)."""
+    pair = get_pair(RANK_LONG_PAIR)
+    own = items[(items.pair == RANK_LONG_PAIR) & (items.role == "after")
+                & (items.subset == subset)]
+    frames = [pd.DataFrame({"teacher": pair.teacher, "seed": own.seed, "item": own["item"],
+                            "correct": own.correct})]
+    for t in RANK_LONG_TEACHERS:
+        if t == pair.teacher:
+            continue
+        for path in sorted(Path(root).glob(f"{RANK_LONG_PAIR}-{_rank_long_tag(t)}-seed*/"
+                                           "v2_eval.parquet")):
+            ev = pd.read_parquet(path)
+            ev = ev[ev.subset == subset].reset_index(drop=True)
+            frames.append(pd.DataFrame({"teacher": t,
+                                        "seed": int(path.parent.name.rsplit("seed", 1)[1]),
+                                        "item": np.arange(len(ev)),
+                                        "correct": ev.correct.astype(int).to_numpy()}))
+    return pd.concat(frames, ignore_index=True).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -182,3 +182,26 @@ def test_heldout_v2_ranking_check_rederived_from_committed_items():
     assert res[("v2-teacher-a", "v2-teacher-b")] == "agree"
     assert res[("v2-student-partial-long", "v2-teacher-b")] == "agree"
     assert res[("v2-teacher-a", "v2-student-partial-long")] == "undetermined"
+
+
+def test_heldout_ranking_check_where_opd_works():
+    """The v2-long-horizon ranking check (recorded before its candidates' OPD outcomes): the
+    pair's own teacher's outcome is the protocol's committed items, the pairwise check comes
+    from the committed ranking and outcomes; a swapped outcome turns a decided pair wrong."""
+    from opd_diag import check_ranking
+
+    items = pd.read_csv(REPORTS / "zoo-v2-eval-items.csv")
+    outcomes = pd.read_csv(REPORTS / "rank-v2-long-outcomes.csv")
+    own = items[(items.pair == "v2-long-horizon") & (items.role == "after")
+                & (items.subset == "hard")]
+    mine = outcomes[outcomes.teacher == "v2-teacher-a"]
+    assert mine.correct.tolist() == own.correct.tolist() and len(mine) == 300
+    check = check_ranking(REPORTS / "rank-v2-long-ranking.csv", outcomes)
+    pd.testing.assert_frame_equal(check, pd.read_csv(REPORTS / "rank-v2-long-check.csv"),
+                                  check_dtype=False)
+    assert set(check.result) == {"agree"} and len(check) == 3
+    swapped = outcomes.assign(teacher=outcomes.teacher.replace(
+        {"v2-teacher-a": "v2-student-partial-long", "v2-student-partial-long": "v2-teacher-a"}))
+    res = check_ranking(REPORTS / "rank-v2-long-ranking.csv", swapped)
+    wrong = res[(res.higher == "v2-teacher-a") & (res.lower == "v2-student-partial-long")]
+    assert wrong.result.tolist() == ["wrong"]

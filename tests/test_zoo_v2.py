@@ -266,7 +266,7 @@ def test_zoo_list_fits_100_columns(capsys):
     assert any(ln.startswith("success (v1)") for ln in lines)
 
 
-def test_zoo_sweep_bad_input(tmp_path, capsys):
+def test_zoo_sweep_bad_input(tmp_path, capsys, monkeypatch):
     from opd_diag.cli import main
     from opd_diag.zoo.v2.sweep import sweep
     from opd_diag.zoo.v2.validate import run_one
@@ -285,6 +285,9 @@ def test_zoo_sweep_bad_input(tmp_path, capsys):
     assert "--content" in capsys.readouterr().err
     assert main(["zoo", "validate", "--rank-runs", "--runs", str(tmp_path / "r")]) == 2
     assert "--rank-runs: these runs are zoo-v2 runs" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no protocol item table here: a clear error before any run
+    assert main(["zoo", "validate", "--family", "v2", "--rank-runs", "--runs", "r"]) == 2
+    assert "per-item table reports/zoo-v2-eval-items.csv" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs a tag"):
         run_one(tmp_path, "v2-long-horizon", 0, 10, content="unaligned")
     assert not any(tmp_path.iterdir())  # nothing written

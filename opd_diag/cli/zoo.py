@@ -172,10 +172,17 @@ def cmd_validate(args) -> int:
         from ..core.runs import write_csv
         from ..zoo.v2.validate import rank_long_outcomes, run_rank_long
 
+        items = Path("reports/zoo-v2-eval-items.csv")
+        if not items.is_file():
+            from ..core.errors import OpdDiagError
+
+            raise OpdDiagError(f"--rank-runs: v2-teacher-a's outcome comes from the protocol's "
+                               f"per-item table {items}, which is not here; run it from the "
+                               "repository root, or `opd-diag zoo validate --family v2` first")
         runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
         run_rank_long(runs, tuple(args.seeds), args.n_eval, args.workers)
         out = Path("reports/rank-v2-long-outcomes.csv")
-        write_csv(out, rank_long_outcomes(pd.read_csv("reports/zoo-v2-eval-items.csv"), runs))
+        write_csv(out, rank_long_outcomes(pd.read_csv(items), runs))
         print(f"wrote {out}")
         return 0
     if args.family == "v2" and args.content:

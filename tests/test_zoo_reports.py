@@ -233,19 +233,22 @@ def test_content_row_rederived_from_committed_tables():
     assert set(items.seed) == {0, 1, 2} and set(items.pool) == {"aligned", "unaligned"}
 
 
-def test_v2_content_row_rules_and_pools():
+def test_v2_content_row_rules_and_pools(tmp_path):
     """Row 17's held-out column: v1's rules unchanged on the v2 tables, a table edit flips it;
     the unaligned pool repeats exactly one number per list, the aligned one is the pair's own."""
     from opd_diag.core.errors import OpdDiagError
     from opd_diag.tasks import get_task
     from opd_diag.zoo.data import v2_content_prompts as content_prompts
     from opd_diag.zoo.phenomena import apply_v2_content
-    from opd_diag.zoo.v2.content import content_claims_v2
+    from opd_diag.zoo.v2.content import content_claims_v2, write_tables
     from opd_diag.zoo.v2.registry import get_pair
 
     windows, items = _content_tables()
     text, status = content_claims_v2(windows, items)
     assert status == "yes" and text.startswith("v2-long-horizon, protocol budget, 3 OPD seeds")
+    write_tables(windows, items, tmp_path / "w.csv", tmp_path / "i.csv")  # what the CLI writes
+    assert content_claims_v2(pd.read_csv(tmp_path / "w.csv"),
+                             pd.read_csv(tmp_path / "i.csv")) == (text, status)
     assert "hard accuracy aligned 0." in text
     worse = _content_tables(acc_aligned=0.3, acc_unaligned=0.7, sign=-1.0)
     assert content_claims_v2(*worse)[1] == "no"

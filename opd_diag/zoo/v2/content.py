@@ -94,8 +94,9 @@ def content_claims_v2(windows: pd.DataFrame, items: pd.DataFrame) -> tuple[str, 
 def write_tables(windows: pd.DataFrame, items: pd.DataFrame,
                  out: str | Path = "reports/zoo-v2-content.csv",
                  items_out: str | Path = "reports/zoo-v2-content-items.csv") -> None:
-    """Write both tables atomically (a temporary file, then a rename)."""
+    """Write both tables, each atomically (:func:`opd_diag.core.runs.write_csv`)."""
+    from ...core.runs import write_csv
+
     for path, table in ((Path(out), windows), (Path(items_out), items)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(f"{path}.tmp", index=False)
-        Path(f"{path}.tmp").replace(path)
+        write_csv(path, table)

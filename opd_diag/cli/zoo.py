@@ -151,21 +151,20 @@ def cmd_build(args) -> int:
 def cmd_validate(args) -> int:
     from pathlib import Path
 
+    from ..core.errors import OpdDiagError
     from ..zoo.validate import validate
 
-    if args.extra_runs and args.family != "v2":
-        from ..core.errors import OpdDiagError
-
-        raise OpdDiagError("--extra-runs: the extra runs are zoo-v2 runs; add --family v2 (zoo "
-                           "v1 runs its alternative teacher and cold start as part of "
-                           "`zoo validate`)")
-    if (args.content or args.rank_runs) and args.family != "v2":
-        from ..core.errors import OpdDiagError
-
-        flag = "--content" if args.content else "--rank-runs"
-        raise OpdDiagError(f"{flag}: these runs are zoo-v2 runs; add --family v2 (zoo v1 runs "
-                           "its content pools as part of `zoo validate --only success`, and its "
-                           "ranking check uses the v1 validation runs)")
+    # the zoo-v2-only runs: each flag and what zoo v1 does instead
+    v1_instead = {"extra_runs": ("--extra-runs", "its alternative teacher and cold start run as "
+                                 "part of `zoo validate`"),
+                  "content": ("--content", "its content pools run as part of `zoo validate "
+                              "--only success`"),
+                  "rank_runs": ("--rank-runs", "its ranking check uses the v1 validation runs")}
+    for attr, (flag, instead) in v1_instead.items():
+        if getattr(args, attr) and args.family != "v2":
+            raise OpdDiagError(f"{flag}: these runs are zoo-v2 runs; add --family v2 (zoo v1: "
+                               f"{instead})")
+    runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
     if args.family == "v2" and args.rank_runs:
         import pandas as pd
 
@@ -174,12 +173,9 @@ def cmd_validate(args) -> int:
 
         items = Path("reports/zoo-v2-eval-items.csv")
         if not items.is_file():
-            from ..core.errors import OpdDiagError
-
             raise OpdDiagError(f"--rank-runs: v2-teacher-a's outcome comes from the protocol's "
                                f"per-item table {items}, which is not here; run it from the "
                                "repository root, or `opd-diag zoo validate --family v2` first")
-        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
         run_rank_long(runs, tuple(args.seeds), args.n_eval, args.workers)
         out = Path("reports/rank-v2-long-outcomes.csv")
         write_csv(out, rank_long_outcomes(pd.read_csv(items), runs))
@@ -188,7 +184,6 @@ def cmd_validate(args) -> int:
     if args.family == "v2" and args.content:
         from ..zoo.v2.content import run_content, write_tables
 
-        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
         windows, items = run_content(runs, tuple(args.seeds), args.n_eval, args.workers)
         write_tables(windows, items)
         print("wrote reports/zoo-v2-content.csv and reports/zoo-v2-content-items.csv; "
@@ -197,7 +192,6 @@ def cmd_validate(args) -> int:
     if args.family == "v2":
         from ..zoo.v2.validate import validate as validate_v2
 
-        runs = "runs/zoo-v2" if args.runs == "runs/examples" else args.runs
         df, items = validate_v2(runs, tuple(args.seeds), args.only, args.n_eval, args.workers)
         out = Path("reports/zoo-v2-validation.csv")
         out.parent.mkdir(parents=True, exist_ok=True)

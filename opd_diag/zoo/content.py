@@ -47,6 +47,18 @@ def _runs():
     return [r for r in RUNS if r.content is not None]
 
 
+def window_means(metrics: pd.DataFrame, run: str, pool: str, seed: int) -> list[dict]:
+    """One windows-table row per :data:`WINDOW` steps of a run's metrics: its first step, the
+    clipped share and each :data:`DYNAMICS` metric, averaged over the window."""
+    rows = []
+    for lo in range(0, len(metrics), WINDOW):
+        w = metrics.iloc[lo: lo + WINDOW]
+        rows.append({"run": run, "pool": pool, "seed": seed, "window": int(w.step.iloc[0]),
+                     "clipped_ratio": float(w.clipped_ratio.mean()),
+                     **{c: float(w[c].mean()) for c, _, _ in DYNAMICS}})
+    return rows
+
+
 def content_tables(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(windows, items)`` from the complete content runs under ``root``.
 
@@ -62,13 +74,7 @@ def content_tables(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         pool = "aligned" if "-aligned-" in spec.name else "unaligned"
         run = load_run(path)
-        m = run.metrics
-        for lo in range(0, len(m), WINDOW):
-            w = m.iloc[lo: lo + WINDOW]
-            wins.append({"run": spec.name, "pool": pool, "seed": spec.seed,
-                         "window": int(w.step.iloc[0]),
-                         "clipped_ratio": float(w.clipped_ratio.mean()),
-                         **{c: float(w[c].mean()) for c, _, _ in DYNAMICS}})
+        wins += window_means(run.metrics, spec.name, pool, spec.seed)
         ev = run.table("eval")
         final = max(k for k in ev.model.unique() if str(k).isdigit())  # the last step's eval
         last = ev[(ev.model == final) & (ev["mode"] == "greedy")

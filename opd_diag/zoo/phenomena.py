@@ -223,7 +223,7 @@ def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
     mean of each training metric over its first and last 10 steps, and the minimum shared-top-k
     mass (``reports/zoo-v2-dynamics.csv``)."""
     from .v2.registry import list_pairs
-    from .v2.validate import EXTRA_RUNS
+    from .v2.validate import EXTRA_RUNS, seed_of
 
     rows = []
     globs = [(p.name, f"{p.name}-seed*") for p in list_pairs()]
@@ -231,7 +231,7 @@ def v2_dynamics(root: str | Path = "runs/zoo-v2") -> pd.DataFrame:
     for label, pattern in globs:
         for path in sorted(Path(root).glob(f"{pattern}/metrics.jsonl")):
             m = pd.read_json(path, lines=True)
-            row = {"pair": label, "seed": int(path.parent.name.rsplit("seed", 1)[1]),
+            row = {"pair": label, "seed": seed_of(path.parent),
                    "steps": len(m),
                    "overlap_mass_min": float(min(m.overlap_mass_s.min(), m.overlap_mass_t.min()))}
             for c in _DYN:

@@ -22,13 +22,12 @@ committed as ``reports/zoo-v2-content.csv`` (windows) and ``reports/zoo-v2-conte
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..content import DYNAMICS, WINDOW, content_result
+from ..content import DYNAMICS, content_result, window_means
 from ..data import V2_CONTENT_POOLS as POOLS
 
 CONTENT_PAIR = "v2-long-horizon"
@@ -42,14 +41,10 @@ def tag(pool: str) -> str:
 def run_content(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2),
                 n_eval: int = 100, workers: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both pools' runs (complete ones are reused) and their ``(windows, items)`` tables."""
-    from .validate import run_one
+    from .validate import run_jobs
 
-    jobs = [(pool, s) for s in seeds for pool in POOLS]
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        futs = [ex.submit(run_one, root, CONTENT_PAIR, s, n_eval, tag=tag(pool), content=pool)
-                for pool, s in jobs]
-        for f in futs:
-            print(f"[zoo-v2 content] done: {f.result()}", flush=True)
+    run_jobs(root, n_eval, workers, [(CONTENT_PAIR, s, {"tag": tag(pool), "content": pool})
+                                     for s in seeds for pool in POOLS])
     return content_tables(root)
 
 
@@ -57,24 +52,16 @@ def content_tables(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(windows, items)`` of the complete content runs under ``root``: 10-step window means of
     the dynamics metrics per run, and the final greedy per-item correctness on :data:`SUBSET`."""
     from ...core.runs import load_run
+    from .validate import seed_of, subset_correct
 
     wins, items = [], []
     for pool in POOLS:
         for result in sorted(Path(root).glob(f"{CONTENT_PAIR}-{tag(pool)}-seed*/v2_eval.parquet")):
-            path = result.parent
-            seed = int(path.name.rsplit("seed", 1)[1])
-            m = load_run(path).metrics
-            for lo in range(0, len(m), WINDOW):
-                w = m.iloc[lo: lo + WINDOW]
-                wins.append({"run": path.name, "pool": pool, "seed": seed,
-                             "window": int(w.step.iloc[0]),
-                             "clipped_ratio": float(w.clipped_ratio.mean()),
-                             **{c: float(w[c].mean()) for c, _, _ in DYNAMICS}})
-            ev = pd.read_parquet(result)
-            ev = ev[ev.subset == SUBSET].reset_index(drop=True)
+            path, seed = result.parent, seed_of(result.parent)
+            wins += window_means(load_run(path).metrics, path.name, pool, seed)
+            correct = subset_correct(result, SUBSET)
             items.append(pd.DataFrame({"run": path.name, "pool": pool, "seed": seed,
-                                       "item": np.arange(len(ev)),
-                                       "correct": ev.correct.astype(int).to_numpy()}))
+                                       "item": np.arange(len(correct)), "correct": correct}))
     windows = pd.DataFrame(wins, columns=["run", "pool", "seed", "window", "clipped_ratio",
                                           *(c for c, _, _ in DYNAMICS)])
     return windows, (pd.concat(items, ignore_index=True) if items else pd.DataFrame(

@@ -49,6 +49,30 @@ def _main_subset(pair) -> str:
     return SUBSET_MAIN if SUBSET_MAIN in pair.subsets else pair.subsets[-1]
 
 
+def seed_of(run_dir: Path) -> int:
+    """The OPD seed in a run directory's name (``...-seed{s}``)."""
+    return int(Path(run_dir).name.rsplit("seed", 1)[1])
+
+
+def subset_correct(result: Path, subset: str) -> np.ndarray:
+    """0/1 per item of ``subset`` in a run's ``v2_eval.parquet``, in eval order."""
+    ev = pd.read_parquet(result)
+    return ev[ev.subset == subset].correct.astype(int).to_numpy()
+
+
+def run_jobs(root: str | Path, n_eval: int, workers: int, jobs: list[tuple[str, int, dict]]
+             ) -> list[Path]:
+    """:func:`run_one` for each ``(pair, seed, keyword arguments)`` in ``workers`` processes
+    (one thread each; complete runs are reused); the run directories, in ``jobs`` order."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futs = [pool.submit(run_one, root, pair, seed, n_eval, **kw) for pair, seed, kw in jobs]
+        done = []
+        for f in futs:
+            done.append(f.result())
+            print(f"[zoo-v2 validate] done: {done[-1]}", flush=True)
+    return done
+
+
 def score(model_path: str | Path, pair, n_eval: int) -> pd.DataFrame:
     """Greedy per-item correctness of a model directory on the pair's eval set."""
     import torch
@@ -215,7 +239,7 @@ def extra_items(root: str | Path, n_eval: int = 100) -> pd.DataFrame:
         if x.coldstart:
             parts.append(("before", -1, _score_cached(root, f"{x.pair}-coldstart",
                                                       coldstart_dir(root, x.pair), pair, n_eval)))
-        parts += [("after", int(p.parent.name.rsplit("seed", 1)[1]), pd.read_parquet(p))
+        parts += [("after", seed_of(p.parent), pd.read_parquet(p))
                   for p in runs]
         for role, seed, df in parts:
             frames.append(pd.DataFrame({
@@ -249,12 +273,9 @@ def run_extra(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 
     for x in EXTRA_RUNS:
         if x.coldstart:
             coldstart_student(root, x.pair)
-    jobs = [(x, s) for s in seeds for x in EXTRA_RUNS]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_one, root, x.pair, s, n_eval, tag=x.tag, teacher=x.teacher,
-                            coldstart=x.coldstart) for x, s in jobs]
-        for f in futs:
-            print(f"[zoo-v2 validate] done: {f.result()}", flush=True)
+    run_jobs(root, n_eval, workers, [
+        (x.pair, s, {"tag": x.tag, "teacher": x.teacher, "coldstart": x.coldstart})
+        for s in seeds for x in EXTRA_RUNS])
     return extra_items(root, n_eval)
 
 
@@ -271,7 +292,7 @@ def eval_items(root: str | Path, n_eval: int) -> pd.DataFrame:
             continue
         parts = [("before", -1, _baseline(root, pair.name, "student", n_eval)),
                  ("teacher", -1, _baseline(root, pair.name, "teacher", n_eval))]
-        parts += [("after", int(p.parent.name.rsplit("seed", 1)[1]), pd.read_parquet(p))
+        parts += [("after", seed_of(p.parent), pd.read_parquet(p))
                   for p in runs]
         for role, seed, df in parts:
             frames.append(pd.DataFrame({"pair": pair.name, "role": role, "seed": seed,
@@ -332,11 +353,8 @@ def validate(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0, 1, 2
     names = pairs or [p.name for p in list_pairs()]
     for n in names:
         get_pair(n)  # unknown names fail before any work
-    jobs = [(n, s) for s in seeds for n in names]  # seed-major: every pair gets seed 0 first
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_one, root, n, s, n_eval) for n, s in jobs]
-        for f in futs:
-            print(f"[zoo-v2 validate] done: {f.result()}", flush=True)
+    # seed-major: every pair gets seed 0 first
+    run_jobs(root, n_eval, workers, [(n, s, {}) for s in seeds for n in names])
     return summarize(root, n_eval)
 
 
@@ -375,11 +393,9 @@ def run_rank_long(root: str | Path = "runs/zoo-v2", seeds: tuple[int, ...] = (0,
     """The OPD runs of the other candidate teachers on :data:`RANK_LONG_PAIR` (complete runs
     are reused); the pair's own teacher is its protocol run (:func:`validate`)."""
     pair = get_pair(RANK_LONG_PAIR)
-    jobs = [(t, s) for s in seeds for t in RANK_LONG_TEACHERS if t != pair.teacher]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = [pool.submit(run_one, root, RANK_LONG_PAIR, s, n_eval, tag=_rank_long_tag(t),
-                            teacher=t) for t, s in jobs]
-        return [f.result() for f in futs]
+    return run_jobs(root, n_eval, workers, [
+        (RANK_LONG_PAIR, s, {"tag": _rank_long_tag(t), "teacher": t})
+        for s in seeds for t in RANK_LONG_TEACHERS if t != pair.teacher])
 
 
 def rank_long_outcomes(items: pd.DataFrame, root: str | Path, subset: str = "hard"
@@ -397,12 +413,9 @@ def rank_long_outcomes(items: pd.DataFrame, root: str | Path, subset: str = "har
             continue
         for path in sorted(Path(root).glob(f"{RANK_LONG_PAIR}-{_rank_long_tag(t)}-seed*/"
                                            "v2_eval.parquet")):
-            ev = pd.read_parquet(path)
-            ev = ev[ev.subset == subset].reset_index(drop=True)
-            frames.append(pd.DataFrame({"teacher": t,
-                                        "seed": int(path.parent.name.rsplit("seed", 1)[1]),
-                                        "item": np.arange(len(ev)),
-                                        "correct": ev.correct.astype(int).to_numpy()}))
+            correct = subset_correct(path, subset)
+            frames.append(pd.DataFrame({"teacher": t, "seed": seed_of(path.parent),
+                                        "item": np.arange(len(correct)), "correct": correct}))
     return pd.concat(frames, ignore_index=True).reset_index(drop=True)
 
 

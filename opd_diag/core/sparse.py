@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from .topk import topk_rows
+
 MASS_EPS = 1e-6
 
 COLUMN_STATUS: dict[str, str] = {
@@ -126,7 +128,7 @@ def sparse_teacher_stats(zs_N_V: torch.Tensor, t_ids_N_K: torch.Tensor, t_logp_N
     fkl_tail_lo = torch.where(has_tail, fkl_tail_lo, zero)
     fkl_tail_hi = torch.where(has_tail, fkl_tail_hi, zero)
     rkl_tail_lo = torch.where(has_tail, rkl_tail_lo, zero)
-    ks_val, ks_ids = ls.topk(top_k, dim=-1)
+    ks_val, ks_ids = topk_rows(ls, top_k)
     lq_on_s = lq_obs.gather(1, ks_ids)
     lq_on_s = torch.where(obs.gather(1, ks_ids), lq_on_s, torch.full_like(lq_on_s, float("nan")))
     nan = torch.full_like(r, float("nan"))

@@ -33,6 +33,7 @@ import torch
 
 from ..core.divergences import entropy_and_kls_from_dots, softmax_dots
 from ..core.errors import OpdDiagError
+from ..core.topk import topk_rows
 
 # 32M floats = 128 MB per [chunk, V] float32 buffer. Each chunk re-reads both LM heads'
 # weights, so bigger chunks are faster (at V = 152K a 1,056-row head GEMM takes 2.26 s in one
@@ -220,7 +221,8 @@ def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k
     """The states columns of one chunk from both models' float32, temperature-scaled logits.
 
     One exp pass per model (normaliser, entropy and both KLs from dot products of the same
-    unnormalised probabilities) and one top-k pass. On CPU the chunk is walked in cache-sized
+    unnormalised probabilities) and one top-k pass (:func:`~opd_diag.core.topk.topk_rows`:
+    through block maxima on wide CPU rows). On CPU the chunk is walked in cache-sized
     blocks of rows (``_BLOCK_ELEMENTS``) with one reused scratch buffer; on an accelerator it
     is one block. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
     loop passes the detached logits of its differentiable student forward.
@@ -254,8 +256,8 @@ def _block_stats(zs: torch.Tensor, zt: torch.Tensor, tok_N: torch.Tensor, top_k:
         _check_finite(qzq + pzq, "teacher", rows)
     h_s, h_t, rkl, fkl = entropy_and_kls_from_dots(lse_s, pzp, pzq, lse_t, qzq, qzp)
     tok = tok_N[:, None]
-    ks_val, ks_ids = zs.topk(top_k, dim=-1)
-    kt_val, kt_ids = zt.topk(top_k, dim=-1)
+    ks_val, ks_ids = topk_rows(zs, top_k)
+    kt_val, kt_ids = topk_rows(zt, top_k)
     return {
         "logp_s": zs.gather(1, tok)[:, 0] - lse_s,
         "logp_t": zt.gather(1, tok)[:, 0] - lse_t,

@@ -20,6 +20,7 @@ import torch
 
 from ..core.errors import OpdDiagError
 from ..core.sparse import EXTRA_COLUMNS, sparse_teacher_stats
+from ..core.topk import topk_rows
 from .capture import _CHUNK_ELEMENTS, final_hidden, lm_head_logits, prediction_index
 
 
@@ -74,7 +75,7 @@ def local_topk(teacher, prompt_ids: list[list[int]], completion_ids: list[list[i
     for lo in range(0, len(row_N), chunk):
         z = lm_head_logits(teacher, h[lo: lo + chunk])[:, :vocab].float().div_(temp)
         lq = torch.log_softmax(z, -1)
-        v, i = lq.topk(k, -1)
+        v, i = topk_rows(lq, k)
         out_ids.append(i.cpu())
         out_lp.append(v.cpu())
         out_tok.append(lq.gather(1, token_N[lo: lo + chunk].to(dev)[:, None])[:, 0].cpu())

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..core.errors import OpdDiagError
+from ..core.topk import topk_rows
 from .rollout import SamplingConfig, row_seed
 
 MAX_FULL_VOCAB = 8192  # above this, full-vocabulary prompt log-probs are too slow in vLLM
@@ -182,8 +183,8 @@ def score_states_vllm(student_llm, teacher_llm, prompt_ids: list[list[int]],
     ls, lq = (x - torch.logsumexp(x, -1, keepdim=True) for x in lp)
     ps, pq = ls.exp(), lq.exp()
     token = torch.tensor([t for c in completion_ids for t in c])[:, None]
-    ks_val, ks_ids = ls.topk(top_k, -1)
-    kt_val, kt_ids = lq.topk(top_k, -1)
+    ks_val, ks_ids = topk_rows(ls, top_k)
+    kt_val, kt_ids = topk_rows(lq, top_k)
     cols = {
         "logp_s": ls.gather(1, token)[:, 0], "logp_t": lq.gather(1, token)[:, 0],
         "H_s": -(ps * ls).sum(-1), "H_t": -(pq * lq).sum(-1),

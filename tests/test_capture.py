@@ -213,3 +213,20 @@ def test_chunk_stats_blocks_agree_with_one_pass(monkeypatch, block_elements):
     assert torch.allclose(blocked["rkl"], (ls.exp() * (ls - lt)).sum(-1), atol=1e-4)
     rank = (zs > zs.gather(1, zt.argmax(-1, keepdim=True))).sum(-1)
     assert torch.equal(blocked["rank_s_of_top1_t"], rank)
+
+
+def test_cpu_scratch_path_equals_the_accelerator_path():
+    """On CPU the exp pass, the dot products and the reachability count run in a reused buffer
+    (float comparisons summed in float32); on an accelerator in fresh tensors: the same columns."""
+    from opd_diag.states import capture as C
+
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(40, 700, generator=g) * 3, torch.randn(40, 700, generator=g) * 3
+    tok, rows = torch.randint(0, 700, (40,), generator=g), np.arange(40)
+    fresh = C._block_stats(zs, zt, tok, 8, rows, None)
+    reused = C.chunk_stats(zs, zt, tok, 8, rows)
+    assert fresh.keys() == reused.keys()
+    for name in fresh:
+        assert fresh[name].dtype == reused[name].dtype, name
+        torch.testing.assert_close(reused[name], fresh[name], rtol=1e-6, atol=1e-6, msg=name)
+    assert torch.equal(reused["rank_s_of_top1_t"], fresh["rank_s_of_top1_t"])

@@ -98,3 +98,32 @@ def test_thunlp_form_differs_from_eq7_and_is_pooled():
     w = torch.softmax(vals, -1)
     manual = torch.where(mask, w * (q_on - vals), torch.zeros_like(w)).sum(-1)
     assert torch.allclose(s, manual) and torch.equal(n, mask.sum(-1))
+
+
+def test_cpu_scratch_is_reused_per_thread_and_grows():
+    """The capture statistics' and the KL gradient's temporaries live in one buffer per thread
+    (a fresh multi-megabyte tensor per pass costs page faults on a CPU)."""
+    import threading
+
+    a = D.cpu_scratch(8, 100, torch.float32)
+    assert a.shape == (2, 8, 100)
+    b = D.cpu_scratch(4, 50, torch.float32)  # smaller: the same storage
+    assert b.data_ptr() == a.data_ptr()
+    big = D.cpu_scratch(2, D.SCRATCH_ELEMENTS, torch.float32)  # larger than any block: grows
+    assert big.shape == (2, 2, D.SCRATCH_ELEMENTS)
+    assert D.cpu_scratch(8, 100, torch.float32).data_ptr() == big.data_ptr()
+    assert D.cpu_scratch(8, 100, torch.float64).dtype == torch.float64  # one buffer per dtype
+    other = []
+    thread = threading.Thread(target=lambda: other.append(D.cpu_scratch(8, 100, torch.float32)))
+    thread.start()
+    thread.join()
+    assert other[0].data_ptr() != big.data_ptr()  # threads never share a buffer
+
+
+def test_softmax_dots_with_a_work_buffer_equal_vecdot():
+    g = torch.Generator().manual_seed(0)
+    z, w = torch.randn(6, 300, generator=g) * 3, torch.randn(6, 300, generator=g) * 3
+    plain = D.softmax_dots(z, w)
+    buffers = torch.empty(2, 6, 300)
+    for a, b in zip(plain, D.softmax_dots(z, w, buffers[0], buffers[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -141,13 +141,18 @@ def test_aggregations():
         D.aggregate_loss(loss, seq, 2, "bogus")
 
 
+@pytest.mark.parametrize("scratch_elements", [None, 3 * V + 1])
 @pytest.mark.parametrize("reverse", [True, False])
-def test_kl_from_captured_stats_matches_the_autograd_form(reverse):
+def test_kl_from_captured_stats_matches_the_autograd_form(reverse, scratch_elements, monkeypatch):
     """The loop's KL objectives take their value from the capture statistics and their gradient
-    from the closed form in backward: both equal the autograd forms, at peaked and flat rows."""
+    from the closed form in backward: both equal the autograd forms, at peaked and flat rows
+    (also when the CPU backward walks the rows in blocks of 3 through its reused buffer)."""
     import numpy as np
 
     from opd_diag.states.capture import chunk_stats
+
+    if scratch_elements:
+        monkeypatch.setattr(D, "SCRATCH_ELEMENTS", scratch_elements)
 
     for scale in (0.5, 4.0, 15.0):
         zs0, zt = _logits(2, scale), _logits(3, scale)

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..core.divergences import entropy_and_kls_from_dots, softmax_dots
+from ..core.divergences import cpu_scratch, entropy_and_kls_from_dots, softmax_dots
 from ..core.errors import OpdDiagError
 from ..core.topk import topk_rows
 
@@ -232,11 +232,13 @@ def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k
         rows: batch row of each position (named in the NaN/inf error).
     """
     n, V = zs.shape
-    block = n if zs.device.type != "cpu" else max(1, _BLOCK_ELEMENTS // max(V, 1))
     tok_N = token_N.to(zs.device)
-    if block >= n:
+    if zs.device.type != "cpu":
         return _block_stats(zs, zt, tok_N, top_k, rows, None)
-    scratch = torch.empty((block, V), dtype=zs.dtype, device=zs.device)
+    block = max(1, _BLOCK_ELEMENTS // max(V, 1))
+    scratch = cpu_scratch(min(block, n), V, zs.dtype)
+    if block >= n:
+        return _block_stats(zs, zt, tok_N, top_k, rows, scratch)
     parts = [_block_stats(zs[lo: lo + block], zt[lo: lo + block], tok_N[lo: lo + block], top_k,
                           rows[lo: lo + block], scratch) for lo in range(0, n, block)]
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
@@ -244,8 +246,12 @@ def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k
 
 def _block_stats(zs: torch.Tensor, zt: torch.Tensor, tok_N: torch.Tensor, top_k: int,
                  rows: np.ndarray, scratch: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    lse_s, pzp, pzq = softmax_dots(zs, zt, scratch)
-    lse_t, qzq, qzp = softmax_dots(zt, zs, scratch)
+    """One block's statistics; ``scratch`` is :func:`~opd_diag.core.divergences.cpu_scratch`
+    (CPU) or ``None``."""
+    n = zs.shape[0]
+    exp_buf, work = (None, None) if scratch is None else (scratch[0, :n], scratch[1, :n])
+    lse_s, pzp, pzq = softmax_dots(zs, zt, exp_buf, work)
+    lse_t, qzq, qzp = softmax_dots(zt, zs, exp_buf, work)
     if not bool(torch.isfinite(lse_s + lse_t + pzp + pzq + qzq + qzp).all()):  # one sync
         # a NaN/+inf logit breaks its model's normaliser; a −inf one leaves that finite but not
         # the dot products with the model's logits (pzp, qzp: the student's; qzq, pzq: the
@@ -267,9 +273,19 @@ def _block_stats(zs: torch.Tensor, zt: torch.Tensor, tok_N: torch.Tensor, top_k:
         "logp_t_on_topk_s": zt.gather(1, ks_ids) - lse_t[:, None],
         "topk_ids_t": kt_ids, "topk_logp_t": kt_val - lse_t[:, None],
         "logp_s_on_topk_t": zs.gather(1, kt_ids) - lse_s[:, None],
-        "rank_s_of_top1_t": (zs > zs.gather(1, kt_ids[:, :1])).sum(-1),
+        "rank_s_of_top1_t": _count_above(zs, zs.gather(1, kt_ids[:, :1]), work),
         "lse_s": lse_s, "lse_t": lse_t,
     }
+
+
+def _count_above(z_N_V: torch.Tensor, threshold_N_1: torch.Tensor,
+                 work: torch.Tensor | None) -> torch.Tensor:
+    """How many entries of each row exceed its threshold (int64 ``[N]``). With a float
+    ``work`` buffer the comparison lands there and is summed in float32, exact below 2^24
+    columns (a bool tensor's sum goes through an int64 copy of it)."""
+    if work is None or z_N_V.shape[-1] >= 2**24:
+        return (z_N_V > threshold_N_1).sum(-1)
+    return torch.gt(z_N_V, threshold_N_1, out=work).sum(-1).long()
 
 
 def empty_scored(N: int, top_k: int) -> dict[str, np.ndarray]:

@@ -342,12 +342,15 @@ class _KLFromStats(torch.autograd.Function):
         zs, zt, lse_s, lse_t, value = ctx.saved_tensors
         zs, g = zs.detach(), grad_N[:, None]
         grad = torch.sub(zs, lse_s[:, None]).exp_()  # p, then the gradient in place
-        c = (lse_t - lse_s - value)[:, None] * g
+        c = (lse_t - lse_s - value)[:, None] * g if ctx.reverse else None
         # the second [N, V] operand per block of rows in a reused buffer on a CPU (a fresh
         # multi-megabyte tensor costs page faults there), all at once elsewhere
         N, V = zs.shape
-        rows = N if zs.device.type != "cpu" else max(1, SCRATCH_ELEMENTS // max(V, 1))
-        work = cpu_scratch(min(rows, N), V, zs.dtype)[1] if zs.device.type == "cpu" else None
+        work = None
+        rows = N
+        if zs.device.type == "cpu":
+            rows = max(1, SCRATCH_ELEMENTS // max(V, 1))
+            work = cpu_scratch(min(rows, N), V, zs.dtype)[1]
         for lo in range(0, N, rows):
             hi, part = lo + rows, grad[lo: lo + rows]
             out = None if work is None else work[: len(part)]

@@ -31,7 +31,12 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..core.divergences import cpu_scratch, entropy_and_kls_from_dots, softmax_dots
+from ..core.divergences import (
+    SCRATCH_ELEMENTS,
+    cpu_scratch,
+    entropy_and_kls_from_dots,
+    softmax_dots,
+)
 from ..core.errors import OpdDiagError
 from ..core.topk import topk_rows
 
@@ -42,8 +47,9 @@ from ..core.topk import topk_rows
 _CHUNK_ELEMENTS = 1 << 25
 # On CPU the statistics walk a chunk in blocks of rows that stay in cache (4 MB per [rows, V]
 # float32 block): the exp, dot-product, top-k and rank passes then read each block from cache
-# instead of streaming the whole chunk from memory once per pass (3x faster at V = 152K).
-_BLOCK_ELEMENTS = 1 << 20
+# instead of streaming the whole chunk from memory once per pass (3x faster at V = 152K); the
+# block is the size of a reused cpu_scratch buffer.
+_BLOCK_ELEMENTS = SCRATCH_ELEMENTS
 
 
 @dataclass
@@ -223,8 +229,8 @@ def chunk_stats(zs: torch.Tensor, zt: torch.Tensor, token_N: torch.Tensor, top_k
     One exp pass per model (normaliser, entropy and both KLs from dot products of the same
     unnormalised probabilities) and one top-k pass (:func:`~opd_diag.core.topk.topk_rows`:
     through block maxima on wide CPU rows). On CPU the chunk is walked in cache-sized
-    blocks of rows (``_BLOCK_ELEMENTS``) with one reused scratch buffer; on an accelerator it
-    is one block. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
+    blocks of rows (``_BLOCK_ELEMENTS``) whose temporaries go into the thread's reused
+    :func:`~opd_diag.core.divergences.cpu_scratch` buffers; on an accelerator it is one block. ``zs`` and ``zt`` (``[n, V]``, same device) must not require grad; the OPD
     loop passes the detached logits of its differentiable student forward.
 
     Args:

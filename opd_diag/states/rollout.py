@@ -219,9 +219,9 @@ def sample_batch(
 
     Decode steps go through :class:`~opd_diag.states.lean.LeanDecoder` (the model's own modules
     over a static KV cache) when the architecture allows it, else through the model's generic
-    forward; ``lean=False`` (or ``OPD_DIAG_GENERIC_DECODE=1``) forces the generic path; ``OPD_DIAG_UNFUSED_DECODE=1`` keeps the lean
-    step on the model's own modules (no :func:`~opd_diag.states.lean.fuse_layers`). All give
-    the same samples for the same seeds. ``compile=True`` (``--backend hf-compile``) runs
+    forward; ``lean=False`` (or ``OPD_DIAG_GENERIC_DECODE=1``) forces the generic path;
+    ``OPD_DIAG_UNFUSED_DECODE=1`` keeps the lean step on the model's own modules (no
+    :func:`~opd_diag.states.lean.fuse_layers`). All give the same samples for the same seeds. ``compile=True`` (``--backend hf-compile``) runs
     blocks of :data:`DECODE_BLOCK` decode iterations (sampling and the lean step) as one
     ``torch.compile``-d function: the first batch of a process pays the compile (about a minute
     on a small CPU on a cold inductor cache; it needs a C++ compiler there), later ones reuse
